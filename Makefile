@@ -1,0 +1,30 @@
+# The README's two commands: `make book` and `make test`. Both create .venv and install the
+# package with the pinned versions of constraints.txt on first use.
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= smoke
+PY      := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: book test install clean
+
+book: $(VENV)/.installed  ## run every notebook of PROFILE with papermill, then render the HTML book
+	$(PY) -m simplemix.cli run --profile $(PROFILE)
+	$(PY) -m simplemix.cli book --run runs/$(PROFILE)
+
+test: $(VENV)/.installed  ## unit and integration tests, then every notebook with its defaults
+	$(PY) -m pytest tests --nbmake notebooks
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs _build

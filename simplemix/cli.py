@@ -1,0 +1,72 @@
+"""The ``simplemix`` command: inspect profiles, run the notebooks, render the book, read a run's status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from simplemix import config
+
+    print(config.dump(config.load_profile(args.profile, args.set)), end="")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from simplemix import store
+
+    return store.status_main(args.run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simplemix import config, runner
+
+    config.load_profile(args.profile)  # fail on a bad profile before anything executes
+    return runner.run_notebooks(args.profile, only=args.only, runs_dir=args.runs_dir)
+
+
+def _book(args: argparse.Namespace) -> int:
+    from simplemix import runner
+
+    return runner.build_book(args.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simplemix", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="profiles and their resolved settings")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    show = cfg_sub.add_parser("show", help="print the resolved profile as YAML")
+    show.add_argument("--profile", default="smoke", help="profile name or path to a YAML recipe")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a key, e.g. training.beta=0.2 (repeatable)")
+    show.set_defaults(func=_config_show)
+
+    st = sub.add_parser("status", help="list the stages of a run directory and their state")
+    st.add_argument("--run", required=True, help="run directory, e.g. runs/smoke")
+    st.set_defaults(func=_status)
+
+    run = sub.add_parser("run", help="execute the book's notebooks with papermill into runs/<profile>/")
+    run.add_argument("--profile", default="smoke")
+    run.add_argument("--only", nargs="*", default=None, help="notebook names (or prefixes) to run")
+    run.add_argument("--runs-dir", default="runs")
+    run.set_defaults(func=_run)
+
+    book = sub.add_parser("book", help="render the executed notebooks of a run and the chapters to HTML")
+    book.add_argument("--run", default="runs/smoke")
+    book.set_defaults(func=_book)
+
+    args = parser.parse_args(argv)
+    from simplemix.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"simplemix: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Profiles: the shipped recipes load, keys match the libraries, and bad configs fail with exact messages."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simplemix import config as C
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_recipe(tmp_path, data, name="bad.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def smoke_data():
+    return yaml.safe_load((ROOT / "recipes" / "smoke.yaml").read_text())
+
+
+def test_every_shipped_profile_loads():
+    assert set(C.profile_names()) == {"smoke", "single-gpu", "paper"}
+    for name in C.profile_names():
+        prof = C.load_profile(name)
+        assert prof.name == name
+        assert prof.policies and prof.datasets
+
+
+def test_paper_profile_carries_the_papers_settings():
+    p = C.load_profile("paper")
+    assert (p.training.beta, p.training.learning_rate, p.training.num_train_epochs) == (0.1, 5e-7, 1.0)
+    assert (p.sampling.temperature, p.sampling.top_p) == (0.7, 0.9)
+    assert p.reward.model.name_or_path == "Skywork/Skywork-Reward-Gemma-2-27B-v0.2"
+    assert p.reward.model.attn_implementation != "sdpa"
+    assert [m.name_or_path for m in p.policies] == [
+        "meta-llama/Llama-3.1-8B-Instruct", "allenai/Llama-3.1-Tulu-3-8B-SFT"]
+    assert {d.format for d in p.datasets} == {"ultrafeedback_binarized", "helpsteer2"}
+    assert p.mixing.on_policy_fraction == 0.5
+    assert p.evaluation.max_new_tokens == 2048
+    assert p.datasets[1].helpsteer2_weights == {
+        "helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55, "verbosity": -0.4}
+
+
+def test_training_keys_are_trl_dpoconfig_fields():
+    trl = pytest.importorskip("trl")
+    ours = {f.name for f in dataclasses.fields(C.TrainingConfig)}
+    own = {"finetuning", "lora", "quantization", "hypo", "dpo_mix_p", "accelerate_config", "num_processes"}
+    trl_fields = {f.name for f in dataclasses.fields(trl.DPOConfig)}
+    assert ours - own <= trl_fields, ours - own - trl_fields
+    # and each recipe's values are accepted by DPOConfig itself
+    prof = C.load_profile("smoke")
+    kwargs = {k: v for k, v in dataclasses.asdict(prof.training).items() if k in trl_fields}
+    cfg = trl.DPOConfig(output_dir="unused", use_cpu=True, report_to=[], **kwargs)
+    assert cfg.beta == prof.training.beta and cfg.max_length == prof.training.max_length
+
+
+def test_lora_and_quantization_keys_are_the_libraries_names():
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    lora = dataclasses.asdict(C.LoraConfig())
+    assert set(lora) <= {f.name for f in dataclasses.fields(peft.LoraConfig)}
+    peft.LoraConfig(**lora)
+    import inspect
+    bnb_params = inspect.signature(transformers.BitsAndBytesConfig.__init__).parameters
+    assert set(dataclasses.asdict(C.QuantizationConfig())) <= set(bnb_params)
+
+
+def test_unknown_key_names_file_and_key(tmp_path, smoke_data):
+    smoke_data["training"]["learnin_rate"] = 1e-3
+    path = write_recipe(tmp_path, smoke_data)
+    with pytest.raises(C.ConfigError) as e:
+        C.load_profile(path)
+    assert str(e.value) == (f"{path}: training.learnin_rate: unknown key for TrainingConfig; "
+                            "did you mean 'learning_rate'?")
+
+
+def test_wrong_type_names_file_and_key(tmp_path, smoke_data):
+    smoke_data["sampling"]["num_samples"] = "four"
+    path = write_recipe(tmp_path, smoke_data)
+    with pytest.raises(C.ConfigError) as e:
+        C.load_profile(path)
+    assert str(e.value) == f"{path}: sampling.num_samples: expected int, got str 'four'"
+
+
+def test_bool_is_not_an_int(tmp_path, smoke_data):
+    smoke_data["training"]["per_device_train_batch_size"] = True
+    with pytest.raises(C.ConfigError, match=r"training.per_device_train_batch_size: expected int, got bool True"):
+        C.load_profile(write_recipe(tmp_path, smoke_data))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("mixing.on_policy_fraction", 1.5, "mixing.on_policy_fraction: 1.5 is outside [0.0, 1.0]"),
+    ("mixing.off_policy_filter.keep_fraction", -0.1,
+     "mixing.off_policy_filter.keep_fraction: -0.1 is outside [0.0, 1.0]"),
+    ("sampling.top_p", 0.0, "sampling.top_p: 0.0 is outside (0.0, 1.0]"),
+    ("sampling.num_samples", 1, "sampling.num_samples: 1 is outside >= 2"),
+    ("training.learning_rate", 0, "training.learning_rate: 0.0 is outside > 0.0"),
+])
+def test_out_of_range_values(key, value, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_profile("smoke", overrides=[f"{key}={value}"])
+    assert str(e.value).endswith(message)
+    assert "smoke.yaml (with overrides)" in str(e.value)
+
+
+def test_missing_model_path(tmp_path, smoke_data):
+    smoke_data["policies"][0].pop("name_or_path")
+    path = write_recipe(tmp_path, smoke_data)
+    with pytest.raises(C.ConfigError) as e:
+        C.load_profile(path)
+    assert str(e.value) == f"{path}: policies[0].name_or_path: missing model path (required)"
+
+
+def test_local_model_path_that_does_not_exist(tmp_path, smoke_data):
+    smoke_data["reward"]["model"]["name_or_path"] = "./no/such/rm"
+    path = write_recipe(tmp_path, smoke_data)
+    with pytest.raises(C.ConfigError) as e:
+        C.load_profile(path)
+    assert str(e.value) == f"{path}: reward.model.name_or_path: path './no/such/rm' does not exist"
+
+
+def test_literal_and_list_errors(tmp_path, smoke_data):
+    smoke_data["training"]["finetuning"] = "qlor"
+    with pytest.raises(C.ConfigError, match=r"training.finetuning: 'qlor' is not one of \['full', 'lora', 'qlora'\]"):
+        C.load_profile(write_recipe(tmp_path, smoke_data))
+    smoke_data["training"]["finetuning"] = "full"
+    smoke_data["datasets"][0]["on_invalid"] = {"empty_response": "ignore"}
+    with pytest.raises(C.ConfigError, match=r"datasets\[0\].on_invalid.empty_response: 'ignore' is not one of"):
+        C.load_profile(write_recipe(tmp_path, smoke_data))
+    smoke_data["datasets"] = []
+    with pytest.raises(C.ConfigError, match=r": datasets: needs at least 1 item"):
+        C.load_profile(write_recipe(tmp_path, smoke_data))
+
+
+def test_invalid_yaml_and_unknown_profile(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(C.ConfigError, match=rf"^{bad}: not valid YAML"):
+        C.load_profile(bad)
+    with pytest.raises(C.ConfigError, match=r"unknown profile 'smok'; known profiles: paper, single-gpu, smoke"):
+        C.load_profile("smok")
+
+
+def test_overrides_merge_and_parse_yaml_values():
+    prof = C.load_profile("smoke", overrides=["training.beta=0.25", "mixing.on_policy_fraction=1",
+                                              "evaluation.benchmarks=[piqa, ifeval]"])
+    assert prof.training.beta == 0.25 and isinstance(prof.mixing.on_policy_fraction, float)
+    assert prof.evaluation.benchmarks == ["piqa", "ifeval"]
+    assert prof.training.learning_rate == C.load_profile("smoke").training.learning_rate
+    with pytest.raises(C.ConfigError, match="expected KEY=VALUE"):
+        C.parse_overrides(["training.beta"])
+
+
+def test_dump_round_trips(tmp_path):
+    prof = C.load_profile("paper")
+    path = tmp_path / "again.yaml"
+    path.write_text(C.dump(prof))
+    assert C.load_profile(path) == prof
+
+
+def test_cli_config_show_prints_resolved_profile():
+    out = subprocess.run([sys.executable, "-m", "simplemix.cli", "config", "show", "--profile", "smoke",
+                          "--set", "training.beta=0.3"], capture_output=True, text=True, check=True).stdout
+    data = yaml.safe_load(out)
+    assert data["name"] == "smoke" and data["training"]["beta"] == 0.3
+    assert data["sampling"]["diversity_prompt"] == C.PAPER_DIVERSITY_PROMPT
+
+
+def test_cli_config_error_exits_2_with_message():
+    r = subprocess.run([sys.executable, "-m", "simplemix.cli", "config", "show", "--profile", "smoke",
+                        "--set", "sampling.num_samples=1"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "sampling.num_samples: 1 is outside >= 2" in r.stderr

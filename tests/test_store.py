@@ -1,0 +1,272 @@
+"""Tests of the run store: cache hits, manifests, atomicity under SIGKILL, shard resume, locking, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import simplemix
+from simplemix.store import RunStore, default_code_version, format_status, status_main
+
+REPO = Path(simplemix.__file__).resolve().parents[1]
+
+
+def write_stage(out: Path) -> dict:
+    (out / "data.txt").write_text("hello")
+    return {"rows": 1}
+
+
+def wait_for(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.01)
+
+
+def spawn(tmp_path: Path, body: str, *args: str) -> subprocess.Popen:
+    """Run ``body`` as a script in a fresh Python process; it sees ``ARGS`` and ``RunStore``."""
+    script = tmp_path / f"script_{time.monotonic_ns()}.py"
+    script.write_text("import json, sys, time\nfrom pathlib import Path\n"
+                      "from simplemix.store import RunStore\nARGS = sys.argv[1:]\n"
+                      + textwrap.dedent(body))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_second_identical_request_is_a_hit(tmp_path):
+    store, calls = RunStore(tmp_path), []
+
+    def compute(out):
+        calls.append(1)
+        return write_stage(out)
+
+    first = store.run("sample", compute, config={"n": 2, "temp": 0.7})
+    second = store.run("sample", compute, config={"temp": 0.7, "n": 2})
+    assert len(calls) == 1
+    assert (first.hit, second.hit) == (False, True)
+    assert first.key == second.key and first.path == second.path
+    assert (second.path / "data.txt").read_text() == "hello"
+    assert first.path == tmp_path / "stages" / "sample" / first.key
+    assert store.get("sample", first.key).manifest == first.manifest
+    assert [e.key for e in store.entries()] == [first.key]
+
+
+def test_key_depends_on_stage_config_inputs_and_code_version(tmp_path):
+    store = RunStore(tmp_path)
+    base = store.key_for("sample", {"n": 2, "opts": {"a": 1, "b": 2}}, {"p": "k1", "q": "k2"}, "1")
+    assert base == store.key_for("sample", {"opts": {"b": 2, "a": 1}, "n": 2}, {"q": "k2", "p": "k1"}, "1")
+    others = [store.key_for("score", {"n": 2, "opts": {"a": 1, "b": 2}}, {"p": "k1", "q": "k2"}, "1"),
+              store.key_for("sample", {"n": 3, "opts": {"a": 1, "b": 2}}, {"p": "k1", "q": "k2"}, "1"),
+              store.key_for("sample", {"n": 2, "opts": {"a": 1, "b": 2}}, {"p": "k9", "q": "k2"}, "1"),
+              store.key_for("sample", {"n": 2, "opts": {"a": 1, "b": 2}}, {"p": "k1", "q": "k2"}, "2")]
+    assert len({base, *others}) == 5
+
+
+def test_entry_inputs_are_keyed_by_their_key(tmp_path):
+    store = RunStore(tmp_path)
+    upstream = store.run("prompts", write_stage, config={})
+    down = store.run("sample", write_stage, config={}, inputs={"prompts": upstream})
+    assert down.manifest["inputs"] == {"prompts": upstream.key}
+    assert down.key == store.key_for("sample", {}, {"prompts": upstream.key}, down.manifest["code_version"])
+    with pytest.raises(TypeError):
+        store.key_for("sample", {}, {"prompts": 3}, "1")
+
+
+def test_default_code_version_follows_the_function_source(tmp_path):
+    store = RunStore(tmp_path)
+
+    def v1(out):
+        (out / "x").write_text("1")
+
+    def v2(out):
+        (out / "x").write_text("2")
+
+    a, b = store.run("s", v1, config={}), store.run("s", v2, config={})
+    assert a.key != b.key and not b.hit
+    assert a.key == store.key_for("s", {}, None, default_code_version(v1))
+    assert a.manifest["code_version"].startswith(simplemix.__version__ + "+src.")
+    explicit = store.run("s", lambda out: None, config={}, code_version="v7")
+    assert explicit.manifest["code_version"] == "v7"
+    assert store.run("s", lambda out: 1 / 0, config={}, code_version="v7").hit
+
+
+def test_manifest_contents_and_no_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMPLEMIX_TEST_SECRET", "sk-test-123")
+    store = RunStore(tmp_path)
+    entry = store.run("score", lambda out: {"rows": 123, "skipped": 0}, config={"rm": "oracle"},
+                      inputs={"samples": "abc123"}, code_version="1")
+    text = (entry.path / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert manifest == entry.manifest
+    assert {"stage", "key", "config", "inputs", "code_version", "created", "wall_s",
+            "versions", "hardware", "info"} <= manifest.keys()
+    assert manifest["stage"] == "score" and manifest["key"] == entry.key
+    assert manifest["config"] == {"rm": "oracle"} and manifest["inputs"] == {"samples": "abc123"}
+    assert manifest["info"] == {"rows": 123, "skipped": 0}
+    assert manifest["wall_s"] >= 0 and manifest["created"].endswith("+00:00")
+    assert manifest["versions"]["simplemix"] == simplemix.__version__
+    assert manifest["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert manifest["hardware"]["cpu_count"] == os.cpu_count()
+    assert "sk-test-123" not in text and "SIMPLEMIX_TEST_SECRET" not in text
+
+
+def test_failing_stage_leaves_no_entry_and_no_temp_dir(tmp_path):
+    store, boom = RunStore(tmp_path), ValueError("boom")
+
+    def compute(out):
+        (out / "half.txt").write_text("half")
+        raise boom
+
+    with pytest.raises(ValueError) as caught:
+        store.run("train", compute, config={}, code_version="1")
+    assert caught.value is boom
+    assert store.get("train", store.key_for("train", {}, {}, "1")) is None
+    assert store.entries() == [] and store.status() == []
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+def test_non_dict_return_is_rejected_without_an_entry(tmp_path):
+    store = RunStore(tmp_path)
+    with pytest.raises(TypeError):
+        store.run("mix", lambda out: 5, config={}, code_version="1")
+    assert store.entries() == [] and list((tmp_path / ".tmp").iterdir()) == []
+
+
+def test_killed_stage_leaves_no_entry_and_reruns_cleanly(tmp_path):
+    root, marker = tmp_path / "run", tmp_path / "started"
+    proc = spawn(tmp_path, """
+        def compute(out):
+            (out / "part1.txt").write_text("first half")
+            Path(ARGS[1]).touch()
+            time.sleep(60)
+            (out / "part2.txt").write_text("second half")
+        RunStore(ARGS[0]).run("sample", compute, config={"n": 2}, code_version="kill-test")
+    """, str(root), str(marker))
+    try:
+        wait_for(marker)
+        store = RunStore(root)
+        assert [r["state"] for r in store.status()] == ["running"]
+    finally:
+        kill(proc)
+    key = store.key_for("sample", {"n": 2}, {}, "kill-test")
+    assert store.get("sample", key) is None
+    assert [(r["stage"], r["key"], r["state"]) for r in store.status()] == [("sample", key, "interrupted")]
+
+    def compute(out):
+        (out / "part1.txt").write_text("first half")
+        (out / "part2.txt").write_text("second half")
+        return {"rows": 2}
+
+    entry = store.run("sample", compute, config={"n": 2}, code_version="kill-test")
+    assert not entry.hit and entry.key == key
+    assert sorted(p.name for p in entry.path.iterdir()) == ["manifest.json", "part1.txt", "part2.txt"]
+    assert list((root / ".tmp").iterdir()) == []
+    assert [r["state"] for r in store.status()] == ["done"]
+
+
+def test_killed_sharded_stage_resumes_from_durable_shards(tmp_path):
+    root, marker, log = tmp_path / "run", tmp_path / "shard4_done", tmp_path / "computed.log"
+    body = """
+        def compute(out, shards):
+            results = []
+            for i in range(10):
+                def work(i=i):
+                    with open(ARGS[2], "a") as f:
+                        f.write(f"{i}\\n")
+                    if i == 5:
+                        Path(ARGS[1]).touch()
+                        time.sleep(60)
+                    return {"i": i, "square": i * i}
+                results.append(shards.get_or_compute(i, work))
+            (out / "results.json").write_text(json.dumps(results))
+            return {"rows": len(results)}
+        entry = RunStore(ARGS[0]).run("sample", compute, config={}, code_version="shards")
+        print(entry.hit)
+    """
+    proc = spawn(tmp_path, body, str(root), str(marker), str(log))
+    try:
+        wait_for(marker)
+    finally:
+        kill(proc)
+    shard_dir = root / ".shards" / f"sample-{RunStore(root).key_for('sample', {}, {}, 'shards')}"
+    assert sorted(p.name for p in shard_dir.glob("*.json")) == [f"{i}.json" for i in range(5)]
+
+    rerun = spawn(tmp_path, body.replace("time.sleep(60)", "pass"), str(root), str(tmp_path / "m2"), str(log))
+    assert rerun.communicate(timeout=20)[0].strip() == "False"
+    assert rerun.returncode == 0
+    assert log.read_text().split() == [str(i) for i in range(6)] + [str(i) for i in range(5, 10)]
+    entry = RunStore(root).entries()[0]
+    assert json.loads((entry.path / "results.json").read_text()) == [
+        {"i": i, "square": i * i} for i in range(10)]
+    assert entry.manifest["info"] == {"rows": 10}
+    assert not shard_dir.exists()
+
+
+def test_two_processes_asking_for_one_key_compute_it_once(tmp_path):
+    root, log, go = tmp_path / "run", tmp_path / "calls.log", tmp_path / "go"
+    body = """
+        def compute(out):
+            with open(ARGS[1], "a") as f:
+                f.write("call\\n")
+            Path(ARGS[2] + ".computing").touch()
+            while not Path(ARGS[2]).exists():
+                time.sleep(0.01)
+            (out / "data.txt").write_text("once")
+        Path(ARGS[3]).touch()
+        entry = RunStore(ARGS[0]).run("reward", compute, config={"x": 1}, code_version="1")
+        print(entry.hit, (entry.path / "data.txt").read_text())
+    """
+    first = spawn(tmp_path, body, str(root), str(log), str(go), str(tmp_path / "first_asked"))
+    wait_for(Path(str(go) + ".computing"))
+    second = spawn(tmp_path, body, str(root), str(log), str(go), str(tmp_path / "second_asked"))
+    wait_for(tmp_path / "second_asked")
+    time.sleep(0.2)  # let the second process reach the lock while the first still holds it
+    go.touch()
+    outputs = [p.communicate(timeout=20)[0].split() for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0]
+    assert outputs == [["False", "once"], ["True", "once"]]
+    assert log.read_text().splitlines() == ["call"]
+
+
+def test_status_main_prints_done_and_interrupted(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    done = store.run("generate", lambda out: {"rows": 42}, config={}, code_version="1")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".tmp" / f"train-0123456789abcdef-{dead.pid}-beef").mkdir()
+
+    assert status_main(str(tmp_path)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["STAGE", "KEY", "STATE", "ROWS", "WALL_S", "CREATED"]
+    table = {line.split()[0]: line.split() for line in lines[1:]}
+    assert table["generate"][1:4] == [done.key, "done", "42"]
+    assert table["train"][1:4] == ["0123456789abcdef", "interrupted", "-"]
+
+
+def test_status_main_rejects_missing_or_foreign_dirs(tmp_path, capsys):
+    assert status_main(str(tmp_path / "nope")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert status_main(str(tmp_path)) == 2
+    assert "not a run store" in capsys.readouterr().err
+    assert format_status([]) == "(no stages in this run yet)"
+
+
+def test_invalid_stage_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError):
+        RunStore(tmp_path).run("../escape", write_stage, config={})
+    assert not (tmp_path / "stages").exists()
