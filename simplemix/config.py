@@ -317,6 +317,12 @@ def recipes_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
 
 
+def default_run_dir(profile: str) -> Path:
+    """Where a profile's run lives: $SIMPLEMIX_RUNS/<profile>, else the checkout's ``runs/<profile>``."""
+    base = os.environ.get("SIMPLEMIX_RUNS")
+    return (Path(base) if base else Path(__file__).resolve().parent.parent / "runs") / Path(profile).stem
+
+
 def profile_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "references.bib")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -28,7 +28,8 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     """Execute each notebook with ``profile`` injected; keep going past failures and summarize them."""
     import papermill
 
-    out_dir = Path(runs_dir) / profile / "notebooks"
+    run_dir = (Path(runs_dir) / profile).resolve()
+    out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = notebooks(only)
     failures = []
@@ -37,7 +38,7 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
         start = time.time()
         try:
             papermill.execute_notebook(
-                str(nb), str(out_dir / nb.name), parameters={"profile": profile},
+                str(nb), str(out_dir / nb.name), parameters={"profile": profile, "run_dir": str(run_dir)},
                 cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=True,
             )
         except papermill.PapermillExecutionError as e:

@@ -1,0 +1,116 @@
+"""The oracle reward of the miniature world: the stand-in for the paper's 27B reward model.
+
+Verifiable tasks score exact correctness plus format; open-ended tasks score a hidden preference
+with several equally good modes (any one mood kept throughout a line that also names the prompt's
+setting; an item that suits the occasion, with a reason), plus a mild bonus for length, as LLM
+judges have, so that length control matters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from simplemix.miniature.tasks import ITEMS, MOODS, VERIFIABLE, Task, suitability
+
+ANSWER = {"math": re.compile(r"The answer is (-?\d+)\."), "coding": re.compile(r"Output: (\S+)")}
+MOOD_OF = {w: mood for mood, words in MOODS.items() for w in words}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The oracle's verdict on one response: a scalar reward and whether it is a good answer."""
+
+    reward: float
+    correct: bool
+
+
+def extract_answer(category: str, response: str) -> str | None:
+    """The last formatted answer in a verifiable response, else its last bare token."""
+    found = ANSWER[category].findall(response)
+    if found:
+        return found[-1]
+    tokens = response.replace(".", " ").split()
+    return tokens[-1] if tokens else None
+
+
+def length_bonus(response: str) -> float:
+    """Up to +0.27 for length (judges like longer answers), then a penalty for rambling."""
+    n = len(response)
+    return 0.003 * min(n, 90) - 0.01 * max(0, n - 140)
+
+
+def judge(task: Task, response: str) -> Judgement:
+    """Score ``response`` to ``task``; deterministic and pure."""
+    text = response.strip()
+    if not text:
+        return Judgement(-1.0, False)
+    if task.category in VERIFIABLE:
+        return _verifiable(task, text)
+    if task.category == "creative":
+        return _creative(task, text)
+    return _recommendation(task, text)
+
+
+def _verifiable(task: Task, text: str) -> Judgement:
+    formatted = ANSWER[task.category].search(text) is not None
+    answer = extract_answer(task.category, text)
+    correct = answer == task.meta["answer"]
+    reward = 1.0 * correct + 0.2 * formatted - 0.004 * max(0, len(text) - 60)
+    if task.category == "math":
+        shown = re.search(rf"{task.meta['a']} [-+*] {task.meta['b']} = (-?\d+)", text)
+        if shown:  # working shown: rewarded when right, penalised when it contradicts the truth
+            reward += 0.1 if shown.group(1) == task.meta["answer"] else -0.1
+    return Judgement(round(reward, 6), correct)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _creative(task: Task, text: str) -> Judgement:
+    words = _words(text)
+    mentions_topic = task.meta["topic"] in words
+    mood_words = [w for w in dict.fromkeys(words) if w in MOOD_OF]
+    counts = {m: sum(MOOD_OF[w] == m for w in mood_words) for m in MOODS}
+    best = max(counts.values())
+    others = len(mood_words) - best
+    repeats = len(words) - len(set(words))
+    in_scene = task.meta["setting"] in words
+    reward = (0.4 * mentions_topic + 0.3 * in_scene + 0.3 * min(best, 3) - 0.3 * others
+              - 0.1 * max(0, repeats - 2) + length_bonus(text))
+    correct = mentions_topic and in_scene and best >= 2 and others == 0
+    return Judgement(round(reward, 6), correct)
+
+
+def _recommendation(task: Task, text: str) -> Judgement:
+    lower = text.lower()
+    own = ITEMS[task.meta["thing"]]
+    mentioned = sorted((lower.find(item.lower()), item) for item in own if item.lower() in lower)
+    foreign = [i for thing, items in ITEMS.items() if thing != task.meta["thing"] for i in items
+               if i.lower() in lower]
+    def suited(item: str) -> float:
+        return suitability(task.meta["thing"], task.meta["occasion"], item)
+
+    if mentioned:
+        quality = suited(mentioned[0][1])
+    else:
+        quality = -0.2 if foreign else -0.5
+    has_reason = "because" in lower
+    fits = task.meta["occasion"] in lower
+    reward = (1.0 * quality - 0.2 * max(0, len(mentioned) - 1) + 0.1 * has_reason + 0.3 * (has_reason and fits)
+              + length_bonus(text))
+    correct = bool(mentioned) and quality >= 0.9 * max(map(suited, own)) and has_reason and fits
+    return Judgement(round(reward, 6), correct)
+
+
+def judge_table(tasks: list[Task], responses: list[str], source: str):
+    """A long pandas table: one row per response with its category, reward, correctness and length."""
+    import pandas as pd
+
+    rows = []
+    for task, response in zip(tasks, responses, strict=True):
+        j = judge(task, response)
+        rows.append({"source": source, "category": task.category, "prompt": task.prompt, "response": response,
+                     "reward": j.reward, "correct": j.correct, "length": len(response)})
+    return pd.DataFrame(rows)
