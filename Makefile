@@ -15,7 +15,7 @@ book: $(VENV)/.installed  ## run every notebook of PROFILE with papermill, then 
 	$(PY) -m simplemix.cli book --run runs/$(PROFILE)
 
 test: $(VENV)/.installed  ## unit and integration tests, then every notebook with its defaults
-	$(PY) -m pytest tests --nbmake notebooks
+	$(PY) -m pytest tests --nbmake notebooks --nbmake-timeout=1800
 
 install: $(VENV)/.installed
 

@@ -1,15 +1,19 @@
-"""Generation from a policy: model loading (hub, local or miniature) and the `transformers` backend.
+"""Generation from a policy: model loading (hub, local or miniature), two backends, diversity modes.
 
-Prompts are rendered with the policy's own chat template (``add_generation_prompt``), sorted by
-length and batched by a token budget with left padding, so padding waste stays small.
+Both backends take chat prompts, render them with the policy's own chat template
+(``add_generation_prompt``) and return, per prompt, N samples with their text, token count and
+finish reason. ``transformers`` (always available) sorts prompts by length and batches them by a
+token budget with left padding; ``vllm`` (the ``gpu`` extra) hands token ids to one engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from simplemix.config import ModelConfig
+from simplemix.config import ModelConfig, SamplingConfig
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -82,7 +86,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in batch])
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
         torch.manual_seed(seed + start)  # per batch, so results do not depend on what ran before
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+        # top_k=0: transformers otherwise applies a hidden top-k of 50, which vLLM and the paper do not
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {
             "do_sample": False}
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -97,3 +102,99 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         start = stop
     bar.close()
     return results
+
+
+class Backend(Protocol):
+    """What the on-policy engine needs from a generation backend."""
+
+    name: str
+
+    def generate(self, prompts: list[list[dict]], *, n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int, progress: bool = False) -> list[list[Sample]]: ...
+
+
+class TransformersBackend:
+    """Batched ``model.generate`` on the policy loaded through ``from_pretrained``."""
+
+    name = "transformers"
+
+    def __init__(self, model_cfg: ModelConfig, run_dir: str | Path | None = None, batch_token_budget: int = 8192):
+        self.model, self.tokenizer = load_policy(model_cfg, run_dir)
+        self.batch_token_budget = batch_token_budget
+
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, progress=False):
+        return generate(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, num_return_sequences=n, seed=seed,
+                        batch_token_budget=self.batch_token_budget, progress=progress)
+
+
+class VLLMBackend:
+    """One vLLM engine; prompts go in as token ids so the chat template's BOS is not added twice."""
+
+    name = "vllm"
+
+    def __init__(self, model_cfg: ModelConfig, run_dir: str | Path | None = None, tensor_parallel_size: int = 1,
+                 seed: int = 0):
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        path = resolve_model_path(model_cfg.name_or_path, run_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision)
+        self.llm = LLM(model=path, revision=model_cfg.revision, tensor_parallel_size=tensor_parallel_size,
+                       dtype=model_cfg.torch_dtype, seed=seed, trust_remote_code=model_cfg.trust_remote_code)
+
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, progress=False):
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                max_tokens=max_new_tokens, seed=seed)
+        requests = [{"prompt_token_ids": render(self.tokenizer, p)} for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=progress)
+        return [[Sample(c.text.strip(), len(c.token_ids), "length" if c.finish_reason == "length" else "stop")
+                 for c in out.outputs] for out in outputs]
+
+
+def load_backend(cfg: SamplingConfig, model_cfg: ModelConfig, run_dir: str | Path | None = None) -> Backend:
+    """The backend the profile asks for; vLLM needs the ``gpu`` extra and says so when it is missing."""
+    if cfg.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ImportError("sampling.backend is 'vllm' but vllm is not installed: pip install -c "
+                              "constraints-gpu.txt -e '.[gpu]', or set sampling.backend=transformers") from None
+        return VLLMBackend(model_cfg, run_dir, cfg.tensor_parallel_size, cfg.seed)
+    return TransformersBackend(model_cfg, run_dir, cfg.batch_token_budget)
+
+
+def sample_settings(cfg: SamplingConfig) -> dict:
+    """What a sample was drawn with, recorded beside it."""
+    keys = ("backend", "num_samples", "temperature", "top_p", "max_new_tokens", "seed", "diversity")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def sample_prompts(backend: Backend, prompts: list[list[dict]], cfg: SamplingConfig,
+                   progress: bool = False) -> list[list[Sample]]:
+    """N samples per prompt: independent draws, or (diversity "prompting", paper section 5.1) draws where
+    response k is generated after responses 1..k-1 and a request for a different one."""
+    common = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}
+    if cfg.diversity == "none":
+        return backend.generate(prompts, n=cfg.num_samples, seed=cfg.seed, progress=progress, **common)
+    results = backend.generate(prompts, n=1, seed=cfg.seed, progress=progress, **common)
+    for k in range(1, cfg.num_samples):
+        conversations = []
+        for prompt, samples in zip(prompts, results):
+            turns = list(prompt)
+            for s in samples:
+                turns += [{"role": "assistant", "content": s.text}, {"role": "user", "content": cfg.diversity_prompt}]
+            conversations.append(turns)
+        for samples, new in zip(results, backend.generate(conversations, n=1, seed=cfg.seed + k, **common)):
+            samples.extend(new)
+    return results
+
+
+def diversity_variants(cfg: SamplingConfig, temperatures=(1.0, 2.0, 3.0)) -> dict[str, SamplingConfig]:
+    """The sampling schemes of the paper's Table 3: the profile's own, higher temperatures, and prompting."""
+    variants = {f"T={cfg.temperature:g}": cfg}
+    variants |= {f"T={t:g}": dataclasses.replace(cfg, temperature=t, diversity="none") for t in temperatures}
+    variants["prompting"] = dataclasses.replace(cfg, diversity="prompting")
+    return variants

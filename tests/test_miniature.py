@@ -8,15 +8,14 @@ import pytest
 
 from simplemix.miniature import generators, tasks
 from simplemix.miniature.oracle import judge, length_bonus
-from simplemix.miniature.policy import PolicyConfig
 from simplemix.miniature.tasks import FIT, Task
 from simplemix.miniature.world import WorldConfig, build_world
+from conftest import TINY
 
 MATH = Task("math", "What is 7 plus 5?", {"answer": "12", "a": 7, "b": 5, "op": "+"})
 CODE = Task("coding", "Reverse the word 'cat'.", {"answer": "tac", "op": "reverse", "arg": "cat"})
 POEM = Task("creative", "Write a short line about the sea at dawn.", {"topic": "sea", "when": "at dawn", "setting": "dawn"})
 RECO = Task("recommendation", "Recommend a book for a rainy day.", {"thing": "book", "occasion": "rainy day"})
-TINY = WorldConfig(sft_prompts=12, train_prompts=6, eval_prompts=3, policy=PolicyConfig(sft_steps=6, batch_size=8))
 
 
 @pytest.mark.parametrize("task,response,reward,correct", [
@@ -106,6 +105,9 @@ def test_second_build_is_a_cache_hit(tmp_path):
     assert not any(e.hit for e in first.entries.values())
     assert all(e.hit for e in again.entries.values())
     assert again.policy_dir == first.policy_dir
+    # without a config, a run directory's own world is the one it was built with
+    implicit = build_world(tmp_path, progress=False)
+    assert all(e.hit for e in implicit.entries.values()) and implicit.policy_dir == first.policy_dir
 
 
 def test_pool_pairs_load_through_the_data_layer(tmp_path):

@@ -270,3 +270,16 @@ def test_invalid_stage_names_are_rejected(tmp_path):
     with pytest.raises(ValueError):
         RunStore(tmp_path).run("../escape", write_stage, config={})
     assert not (tmp_path / "stages").exists()
+
+
+def test_cli_status_lists_stages(tmp_path):
+    """`simplemix status --run DIR` is wired to the store: a done stage shows with its key and state."""
+    entry = RunStore(tmp_path).run("mix", lambda out: {"rows": 3}, {"r": 0.5}, code_version="1")
+    r = subprocess.run([sys.executable, "-m", "simplemix.cli", "status", "--run", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if entry.key in l)
+    assert "mix" in line and "done" in line
+    missing = subprocess.run([sys.executable, "-m", "simplemix.cli", "status", "--run", str(tmp_path / "none")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "none" in missing.stderr

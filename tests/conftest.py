@@ -1,0 +1,24 @@
+"""Shared test fixtures: a tiny miniature world that builds in about a second."""
+
+import pytest
+
+from simplemix.miniature.policy import PolicyConfig
+from simplemix.miniature.world import WorldConfig, build_world
+
+# Enough prompts for every category and split, and a policy trained just enough to emit text.
+TINY = WorldConfig(sft_prompts=12, train_prompts=8, eval_prompts=3, policy=PolicyConfig(sft_steps=30, batch_size=8))
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run directory whose miniature world is TINY (so ``miniature:*`` names resolve to it)."""
+    build_world(tmp_path, TINY, progress=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_run_module(tmp_path_factory):
+    """TINY built once for a whole test module."""
+    path = tmp_path_factory.mktemp("tiny-world")
+    build_world(path, TINY, progress=False)
+    return path
