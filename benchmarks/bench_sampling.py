@@ -3,9 +3,10 @@
     python benchmarks/bench_sampling.py [--run-dir runs/smoke] [--prompts 48] [--new-tokens 32]
 
 Two policies: the miniature SFT policy (built or fetched in the run store) and a ~100M-parameter
-random-initialised Llama with the same tokenizer. Both ways draw the same number of samples with
-the same settings; the loop is how one would write it without a batching layer. The script prints
-samples/s for each and the ratio (goal: at least 5x). vLLM is not measured here: it needs a GPU.
+random-initialised Llama with the same tokenizer, each with N=1 and N=4 samples per prompt. Both
+ways draw the same number of samples with the same settings; the loop is how one would write it
+without a batching layer (one ``generate`` call per prompt, its N samples in that call). The script
+prints samples/s for each and the ratio (goal: at least 5x). vLLM is not measured here: it needs a GPU.
 """
 
 from __future__ import annotations
@@ -62,13 +63,15 @@ def main() -> None:
         pad_token_id=tokenizer.pad_token_id)).eval()
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"{args.prompts} prompts x {args.samples} samples, up to {args.new_tokens} new tokens, T=0.7, top-p 0.9")
+          f"{args.prompts} prompts x N samples, up to {args.new_tokens} new tokens, T=0.7, top-p 0.9; "
+          "the loop draws a prompt's N samples in one call")
     print(f"{'policy':<34} {'loop s/s':>10} {'batch s/s':>10} {'ratio':>9}")
     for name, m, budget in [
         (f"miniature SFT ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M)", model, 16384),
         (f"random Llama ({sum(p.numel() for p in big.parameters()) / 1e6:.0f}M)", big, 8192),
     ]:
-        bench(name, m, tokenizer, prompts, args.new_tokens, args.samples, budget)
+        for n in dict.fromkeys((1, args.samples)):
+            bench(f"{name}, N={n}", m, tokenizer, prompts, args.new_tokens, n, budget)
 
 
 if __name__ == "__main__":

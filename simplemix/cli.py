@@ -19,6 +19,21 @@ def _status(args: argparse.Namespace) -> int:
     return store.status_main(args.run)
 
 
+def _onpolicy(args: argparse.Namespace) -> int:
+    from simplemix import config, onpolicy
+
+    prof = config.load_profile(args.profile, args.set)
+    run_dir = args.run or config.default_run_dir(prof.name)
+    if args.dry_run:
+        for row in onpolicy.plan(prof, run_dir):
+            print(f"{row['stage']} {row['key']}: {row['prompts']} prompts x {prof.sampling.num_samples} samples "
+                  f"= {row['samples']} samples in {row['shards']} shards; {row['state']} (run {run_dir})")
+        return 0
+    for name, entry in onpolicy.on_policy_pairs(prof, run_dir).items():
+        print(f"{name:<8} {entry.key} {'cached' if entry.hit else 'computed'}  {entry.path}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from simplemix import config, runner
 
@@ -47,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="list the stages of a run directory and their state")
     st.add_argument("--run", required=True, help="run directory, e.g. runs/smoke")
     st.set_defaults(func=_status)
+
+    onp = sub.add_parser("onpolicy", help="sample, score and pair on-policy data for a profile")
+    onp.add_argument("--profile", default="smoke")
+    onp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    onp.add_argument("--run", default=None, help="run directory (default runs/<profile>)")
+    onp.add_argument("--dry-run", action="store_true", help="print what would be computed and what is cached")
+    onp.set_defaults(func=_onpolicy)
 
     run = sub.add_parser("run", help="execute the book's notebooks with papermill into runs/<profile>/")
     run.add_argument("--profile", default="smoke")

@@ -69,21 +69,32 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
-def _samples_request(policy: ModelConfig, cfg: SamplingConfig, prompts: PromptSet):
-    return "samples", {"policy": dataclasses.asdict(policy), "sampling": dataclasses.asdict(cfg)}, {
-        "prompts": prompts.key}
+def _world_inputs(name: str, run_dir: str | Path) -> dict:
+    """A ``miniature:`` model is named, not versioned: key its stages on the world entries behind the name."""
+    if not name.startswith("miniature:"):
+        return {}
+    from simplemix.miniature.world import build_world
+
+    entries = build_world(run_dir, progress=False).entries
+    return {"world_policy": entries["policy"], "world_tasks": entries["tasks"]}
+
+
+def _samples_request(policy: ModelConfig, cfg: SamplingConfig, prompts: PromptSet, run_dir: str | Path):
+    config = {"policy": dataclasses.asdict(policy), "sampling": dataclasses.asdict(cfg)}
+    return "samples", config, {"prompts": prompts.key, **_world_inputs(policy.name_or_path, run_dir)}
 
 
 def sample_stage(store: RunStore, policy: ModelConfig, cfg: SamplingConfig, prompts: PromptSet,
                  run_dir: str | Path, shard_size: int = SHARD_SIZE, progress: bool = True) -> Entry:
-    """``samples.jsonl``: per prompt its id, messages and N samples (text, tokens, finish reason)."""
-    stage, config, inputs = _samples_request(policy, cfg, prompts)
+    """``samples.jsonl``: per prompt its id, messages, N samples (text, tokens, finish reason) and the
+    sampling settings they were drawn with."""
+    stage, config, inputs = _samples_request(policy, cfg, prompts, run_dir)
 
     def compute(out: Path, shards) -> dict:
         from tqdm import tqdm
 
         backend = None
-        rows, start = [], time.monotonic()
+        rows, start, settings = [], time.monotonic(), sample_settings(cfg)
         bar = tqdm(total=len(prompts), desc="samples", unit="prompt", disable=not progress)
         for i, part in enumerate(_shards(len(prompts), shard_size)):
             def draw(part=part, i=i):
@@ -95,14 +106,14 @@ def sample_stage(store: RunStore, policy: ModelConfig, cfg: SamplingConfig, prom
 
             for j, group in zip(part, shards.get_or_compute(i, draw)):
                 rows.append({"prompt_id": prompts.ids[j], "prompt": prompts.messages[j],
-                             "category": prompts.categories[j], "samples": group})
+                             "category": prompts.categories[j], "samples": group, "settings": settings})
             bar.update(len(part))
             bar.set_postfix_str(f"{len(rows) * cfg.num_samples / (time.monotonic() - start):.1f} samples/s")
         bar.close()
         _write_jsonl(out / "samples.jsonl", rows)
         finished = [s["finish_reason"] for r in rows for s in r["samples"]]
         return {"prompts": len(rows), "samples": len(finished), "truncated": finished.count("length"),
-                "settings": sample_settings(cfg)}
+                "settings": settings}
 
     return store.run(stage, compute, config, inputs, code_version=default_code_version(sample_stage))
 
@@ -133,7 +144,8 @@ def score_stage(store: RunStore, samples: Entry, reward: RewardConfig, run_dir: 
         return {"prompts": len(scored), "samples": len(flat), "mean_reward": sum(flat) / max(1, len(flat))}
 
     config = {"reward": dataclasses.asdict(reward)}
-    return store.run("scores", compute, config, {"samples": samples}, code_version=default_code_version(score_stage))
+    inputs = {"samples": samples, **_world_inputs(reward.model.name_or_path, run_dir)}
+    return store.run("scores", compute, config, inputs, code_version=default_code_version(score_stage))
 
 
 def pairs_stage(store: RunStore, samples: Entry, scores: Entry, cfg: PairsConfig) -> Entry:
@@ -196,7 +208,7 @@ def plan(prof: Profile, run_dir: str | Path, sampling: SamplingConfig | None = N
     store = RunStore(run_dir)
     prompts = prompt_set(prof, run_dir)
     cfg = sampling or prof.sampling
-    stage, config, inputs = _samples_request(prof.policies[0], cfg, prompts)
+    stage, config, inputs = _samples_request(prof.policies[0], cfg, prompts, run_dir)
     key = store.key_for(stage, config, inputs, default_code_version(sample_stage))
     total = len(_shards(len(prompts), shard_size))
     shard_dir = Path(run_dir) / ".shards" / f"{stage}-{key}"

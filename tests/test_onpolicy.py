@@ -116,9 +116,36 @@ def test_samples_record_their_settings(run_dir):
     settings = entries["samples"].manifest["info"]["settings"]
     assert settings == {"backend": "transformers", "num_samples": 3, "temperature": 1.0, "top_p": 0.9,
                         "max_new_tokens": 12, "seed": 0, "diversity": "none"}
+    first = onpolicy.read_jsonl(entries["samples"].path / "samples.jsonl")[0]
+    assert first["settings"] == settings and set(first["samples"][0]) == {"text", "num_tokens", "finish_reason"}
     pair = json.loads((entries["pairs"].path / "pairs.jsonl").read_text().splitlines()[0])
     meta = json.loads(pair["metadata"])
     assert meta["sampler"] == settings and len(meta["scores"]) == 3
     other = onpolicy.on_policy_pairs(prof, run_dir, sampling=dataclasses.replace(prof.sampling, temperature=2.0),
                                      progress=False)
     assert other["samples"].key != entries["samples"].key and not other["samples"].hit
+
+
+def test_cli_dry_run_then_run(run_dir):
+    def cli(*extra):
+        return subprocess.run([sys.executable, "-m", "simplemix.cli", "onpolicy", "--run", str(run_dir),
+                               *sum((["--set", o] for o in OVERRIDES), []), *extra],
+                              capture_output=True, text=True, check=True).stdout
+
+    assert "32 prompts x 3 samples = 96 samples in 1 shards; 1 of 1 shards to compute" in cli("--dry-run")
+    out = cli()
+    assert [line.split()[0] for line in out.splitlines()] == ["samples", "scores", "pairs"]
+    assert "computed" in out
+    assert "cached" in cli("--dry-run").split(";")[-1]
+
+
+def test_samples_follow_the_weights_behind_a_miniature_name(run_dir):
+    """Rebuilding the world under the same name must not serve samples of the old policy."""
+    prof = load_profile("smoke", OVERRIDES)
+    (before,) = onpolicy.plan(prof, run_dir)
+    prompts_before = onpolicy.prompt_set(prof, run_dir).ids
+    retrained = dataclasses.replace(TINY, policy=dataclasses.replace(TINY.policy, sft_steps=TINY.policy.sft_steps + 1))
+    build_world(run_dir, retrained, progress=False)
+    assert onpolicy.prompt_set(prof, run_dir).ids == prompts_before  # same prompts, new weights
+    (after,) = onpolicy.plan(prof, run_dir)
+    assert before["key"] != after["key"] and after["shards_cached"] == 0

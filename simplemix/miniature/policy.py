@@ -30,7 +30,7 @@ class PolicyConfig:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     intermediate_size: int = 352
-    max_position_embeddings: int = 256
+    max_position_embeddings: int = 512  # room for the multi-turn conversations of 'prompting' diversity
     sft_steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 3e-3
@@ -53,7 +53,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int, out_dir: Path):
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>",
-        chat_template=CHAT_TEMPLATE, padding_side="left", model_max_length=256,
+        chat_template=CHAT_TEMPLATE, padding_side="left", model_max_length=512,
     )
     fast.save_pretrained(out_dir)
     return fast

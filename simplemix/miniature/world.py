@@ -73,7 +73,10 @@ def _world_config(run_dir: Path) -> WorldConfig:
     if not path.exists():
         return WorldConfig()
     data = json.loads(path.read_text())
-    return WorldConfig(**{**data, "policy": policy.PolicyConfig(**data["policy"])})
+    try:
+        return WorldConfig(**{**data, "policy": policy.PolicyConfig(**data["policy"])})
+    except TypeError:  # recorded by an older version whose config had other fields: use today's default
+        return WorldConfig()
 
 
 def build_world(run_dir: str | Path, cfg: WorldConfig | None = None, progress: bool = True) -> World:
