@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simplemix.sampling import Sample, render
+from simplemix.sampling import Sample, render, to_sample
 
 DPO_MIX_P_WEIGHTS = ((1.5, -0.5), (0.5, 0.5))  # (policy, reference): extrapolation, then interpolation
 
@@ -128,9 +128,7 @@ def fused_generate(policy, reference, tokenizer, prompts: list[list[dict]], *, w
             temperature=temperature, top_p=top_p, generator=torch.Generator(device).manual_seed(seed + start),
             eos_token_id=eos, pad_token_id=pad)
         for row, new in enumerate(out.tolist()):
-            n = new.index(eos) + 1 if eos in new else len(new)
-            text = tokenizer.decode(new[:n], skip_special_tokens=True).strip()
-            results[batch[row // num_return_sequences]].append(Sample(text, n, "stop" if eos in new else "length"))
+            results[batch[row // num_return_sequences]].append(to_sample(tokenizer, new))
         bar.update(len(batch) * num_return_sequences)
     bar.close()
     return results

@@ -62,6 +62,14 @@ def render(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
+def to_sample(tokenizer, new_ids: list[int]) -> Sample:
+    """A Sample from generated ids: up to and including the first end-of-sequence token, if any."""
+    eos = tokenizer.eos_token_id
+    n = new_ids.index(eos) + 1 if eos in new_ids else len(new_ids)
+    text = tokenizer.decode(new_ids[:n], skip_special_tokens=True).strip()
+    return Sample(text, n, "stop" if eos in new_ids else "length")
+
+
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, num_return_sequences: int = 1, seed: int = 0, batch_token_budget: int = 8192,
              progress: bool = False) -> list[list[Sample]]:
@@ -72,7 +80,6 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
     encoded = [render(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[list[Sample]] = [[] for _ in prompts]
-    eos = tokenizer.eos_token_id
     bar = tqdm(total=len(prompts) * num_return_sequences, desc="generate", unit="sample", disable=not progress)
     start = 0
     while start < len(order):
@@ -92,12 +99,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=eos, **sampling)
+                                 eos_token_id=tokenizer.eos_token_id, **sampling)
         for row, new in enumerate(out[:, width:].tolist()):
-            n = new.index(eos) + 1 if eos in new else len(new)
-            text = tokenizer.decode(new[:n], skip_special_tokens=True).strip()
-            results[batch[row // num_return_sequences]].append(
-                Sample(text, n, "stop" if eos in new else "length"))
+            results[batch[row // num_return_sequences]].append(to_sample(tokenizer, new))
         bar.update(len(batch) * num_return_sequences)
         start = stop
     bar.close()
