@@ -1,0 +1,294 @@
+"""DPO training through TRL's ``DPOTrainer``: full fine-tuning, LoRA or QLoRA, as run-store stages.
+
+TRL does the training. This module adds what it lacks: reference log-probs computed once per (policy, pair set,
+max_length) and shared by every experiment on those pairs (stage ``ref-logps``); implicit-reward margins and
+accuracies split by pair source (``rewards/margins_on``, ``rewards/accuracies_off``, ...); and a ``train``
+stage whose checkpoints live outside the store's temp dir, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+from pathlib import Path
+
+from simplemix.config import ModelConfig, QuantizationConfig, TrainingConfig
+from simplemix.data import to_trl
+from simplemix.onpolicy import _world_inputs
+from simplemix.sampling import DTYPES, resolve_model_path
+from simplemix.store import Entry, RunStore, default_code_version, stable_hash
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+SOURCE_COLUMN = "is_on_policy"  # 1 for an on-policy pair, 0 for off-policy; numeric so it batches as a tensor
+_NAMES = [f.name for f in dataclasses.fields(TrainingConfig)]
+TRL_FIELDS = tuple(_NAMES[_NAMES.index("beta"): _NAMES.index("seed") + 1])  # DPOConfig fields of the same name
+
+
+def __getattr__(name: str):
+    # The trainer classes subclass TRL's, whose import takes seconds: they are built on first use.
+    if name in ("SimpleMixDPOTrainer", "SourceCollator"):
+        return _classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def dpo_config(cfg: TrainingConfig, output_dir: str | Path, **overrides):
+    """A ``trl.DPOConfig`` holding cfg's TRL fields, plus the device, logging and checkpoint settings we want."""
+    import torch
+    from trl import DPOConfig
+
+    names = {f.name for f in dataclasses.fields(DPOConfig)}
+    if missing := [n for n in TRL_FIELDS if n not in names]:
+        raise ValueError(f"TrainingConfig fields {missing} are not DPOConfig fields in this TRL version")
+    kwargs = {name: getattr(cfg, name) for name in TRL_FIELDS}
+    kwargs["loss_type"] = list(cfg.loss_type)
+    # transformers 5 renamed gradient_checkpointing (TRL defaults it to True, which warns): set the new name.
+    if "activation_checkpointing" in names:
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    cuda = torch.cuda.is_available()
+    kwargs |= {
+        "output_dir": str(output_dir), "bf16": cfg.bf16 and cuda, "use_cpu": not cuda, "report_to": [],
+        "dataloader_pin_memory": cuda, "logging_first_step": True,
+        # a fraction: ten checkpoints per run whatever its length; only the newest is kept
+        "save_strategy": "steps", "save_steps": 0.1, "save_total_limit": 1,
+    }
+    return DPOConfig(**{**kwargs, **overrides})
+
+
+def _compute_dtype(q: QuantizationConfig) -> str:
+    import torch
+
+    if q.bnb_4bit_compute_dtype == "bfloat16" and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        # bitsandbytes' CPU path would run bf16 matmuls in slow emulation (or fail): compute in float32 there.
+        return "float32"
+    return q.bnb_4bit_compute_dtype
+
+
+def load_model(cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path | None = None):
+    """(model, tokenizer, peft_config or None) for ``cfg.finetuning``; with PEFT, TRL's reference is the base
+    with adapters disabled, so no second model is loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    path = resolve_model_path(policy.name_or_path, run_dir)
+    common = {"revision": policy.revision, "trust_remote_code": policy.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": "auto" if policy.torch_dtype == "auto" else getattr(torch, DTYPES[policy.torch_dtype])}
+    if policy.attn_implementation:
+        kwargs["attn_implementation"] = policy.attn_implementation
+    if cfg.finetuning == "qlora":
+        q = cfg.quantization
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=q.load_in_4bit, bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, _compute_dtype(q)))
+    model = AutoModelForCausalLM.from_pretrained(path, **common, **kwargs)
+    if cfg.finetuning == "full":
+        return model, tokenizer, None
+    from peft import LoraConfig, prepare_model_for_kbit_training
+
+    if cfg.finetuning == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model, tokenizer, LoraConfig(**dataclasses.asdict(cfg.lora), task_type="CAUSAL_LM")
+
+
+@functools.cache
+def _classes() -> dict:
+    """SourceCollator and SimpleMixDPOTrainer, the TRL subclasses, defined when TRL is first needed."""
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    class SourceCollator(DataCollatorForPreference):
+        """TRL's preference collator that also passes each pair's ``is_on_policy`` flag through."""
+
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            if SOURCE_COLUMN in examples[0]:
+                batch[SOURCE_COLUMN] = torch.tensor([e[SOURCE_COLUMN] for e in examples])
+            return batch
+
+    class SimpleMixDPOTrainer(DPOTrainer):
+        """``DPOTrainer`` that takes reference log-probs already in the dataset and logs reward margins per source."""
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()  # else remove_unused_columns drops the flag
+            if SOURCE_COLUMN not in self._signature_columns:
+                self._signature_columns.append(SOURCE_COLUMN)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if set(REF_COLUMNS) <= set(dataset.column_names):
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+        def compute_ref_log_probs(self, model, inputs):
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != SOURCE_COLUMN})
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            on_policy = inputs.pop(SOURCE_COLUMN, None)
+            # TRL keeps per-pair log-probs to itself; forward hooks see the model outputs it computes them from:
+            # the policy's first, then (without precomputed ones) the reference's.
+            outputs = []
+            modules = [model] + ([self.ref_model] if self.ref_model is not None else [])
+            hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in modules]
+            try:
+                loss = super()._compute_loss(model, inputs, return_outputs)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            if on_policy is not None and self.ld_alpha is None:
+                self._log_by_source(outputs, inputs, on_policy)
+            return loss
+
+        def _log_by_source(self, outputs, inputs, on_policy) -> None:
+            """TRL's rewards/margins and rewards/accuracies, for the on- and the off-policy pairs of the batch apart."""
+            seq_len = inputs["completion_mask"].size(1) - 1
+
+            def logps(out):
+                return out.log_probs[:, -seq_len:].detach().sum(dim=1).chunk(2)
+
+            chosen, rejected = logps(outputs[0])
+            if self.precompute_ref_logps:
+                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                ref_chosen, ref_rejected = logps(outputs[1])
+            chosen_rewards, rejected_rewards = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
+            chosen_rewards, rejected_rewards, on_policy = self.accelerator.gather(
+                (chosen_rewards, rejected_rewards, on_policy))
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            for flag, suffix in ((1, "on"), (0, "off")):
+                rows = on_policy == flag
+                if rows.any():
+                    metrics[f"rewards/margins_{suffix}"].append((chosen_rewards - rejected_rewards)[rows].mean().item())
+                    metrics[f"rewards/accuracies_{suffix}"].append(
+                        (chosen_rewards > rejected_rewards)[rows].float().mean().item())
+
+    return {"SourceCollator": SourceCollator, "SimpleMixDPOTrainer": SimpleMixDPOTrainer}
+
+
+def make_trainer(model, tokenizer, args, dataset, peft_config=None):
+    """A SimpleMixDPOTrainer with the source-carrying collator, configured as TRL would its own."""
+    classes = _classes()
+    collator = classes["SourceCollator"](pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
+                                         truncation_mode=args.truncation_mode,
+                                         pad_to_multiple_of=args.pad_to_multiple_of)
+    return classes["SimpleMixDPOTrainer"](model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                          data_collator=collator, peft_config=peft_config)
+
+
+def trl_pairs(pairs):
+    """Normalized pairs in TRL's format with ``pair_id`` and ``is_on_policy``, sorted by pair_id so the trained
+    model depends on the set of pairs, not on their order."""
+    ids, flags = pairs["pair_id"], [int(source == "on") for source in pairs["source"]]
+    order = sorted(range(len(ids)), key=lambda i: (ids[i], flags[i]))
+    return to_trl(pairs).add_column("pair_id", ids).add_column(SOURCE_COLUMN, flags).select(order)
+
+
+def pairs_fingerprint(pairs) -> str:
+    """The key of a pair set: its sorted (pair_id, source) rows, duplicates counted."""
+    return stable_hash(sorted(zip(pairs["pair_id"], pairs["source"])))
+
+
+def _reference(cfg: TrainingConfig) -> dict:
+    """What the reference model is: the base (full and LoRA share it) or the 4-bit base of QLoRA."""
+    if cfg.finetuning != "qlora":
+        return {"quantization": None}
+    return {"quantization": dataclasses.asdict(cfg.quantization) | {
+        "bnb_4bit_compute_dtype": _compute_dtype(cfg.quantization)}}
+
+
+def reference_logps(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path,
+                    progress: bool = True) -> Entry:
+    """Stage ``ref-logps``: ``ref_logps.parquet`` (pair_id, ref_chosen_logps, ref_rejected_logps), computed by
+    TRL's own precompute once per (policy, unique pairs, max_length, reference kind)."""
+    ids = list(dict.fromkeys(pairs["pair_id"]))
+    config = {"policy": dataclasses.asdict(policy), "max_length": cfg.max_length, **_reference(cfg)}
+    inputs = {"pairs": stable_hash(sorted(ids)), **_world_inputs(policy.name_or_path, run_dir)}
+
+    def compute(out: Path) -> dict:
+        first = {pid: i for i, pid in reversed(list(enumerate(pairs["pair_id"])))}
+        unique = pairs.select(sorted(first.values()))
+        model, tokenizer, peft_config = load_model(cfg, policy, run_dir)
+        if cfg.finetuning == "qlora":
+            # bitsandbytes 0.50's CPU eval-mode path repacks 4-bit weights and fails on dimensions that are not a
+            # multiple of its block (functional.py:1720); train mode skips it, and with dropout off (TRL turns it
+            # off) computes the same function.
+            model.train()
+        args = dpo_config(cfg, out / "trainer", precompute_ref_log_probs=True, disable_tqdm=not progress)
+        # a quantized model cannot enter a Trainer without adapters; with them disabled it is the base anyway
+        trainer = make_trainer(model, tokenizer, args, trl_pairs(unique),
+                               peft_config if cfg.finetuning == "qlora" else None)
+        table = trainer.train_dataset.select_columns(["pair_id", *REF_COLUMNS])
+        table.to_parquet(out / "ref_logps.parquet")
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        return {"rows": len(table), "dropped_prompt_too_long": len(ids) - len(table)}
+
+    return RunStore(run_dir).run("ref-logps", compute, config, inputs,
+                                 code_version=default_code_version(reference_logps))
+
+
+def with_reference(dataset, ref: Entry):
+    """``dataset`` (from trl_pairs) with the stage's reference columns; pairs TRL drops as too long are left out."""
+    import pandas as pd
+
+    table = pd.read_parquet(ref.path / "ref_logps.parquet").set_index("pair_id")
+    dataset = dataset.filter(lambda row: row["pair_id"] in table.index)
+    rows = table.loc[dataset["pair_id"]]
+    for column in REF_COLUMNS:
+        dataset = dataset.add_column(column, rows[column].tolist())
+    return dataset
+
+
+def _complete_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint with its trainer state written; a kill mid-save leaves a newer, partial one."""
+    done = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _train_config(cfg: TrainingConfig, max_steps: int | None) -> dict:
+    """The parts of a TrainingConfig that change a DPO run (not HyPO's or DPO-Mix-P's settings)."""
+    return {"dpo": {name: getattr(cfg, name) for name in TRL_FIELDS}, "finetuning": cfg.finetuning,
+            "lora": dataclasses.asdict(cfg.lora) if cfg.finetuning != "full" else None,
+            **_reference(cfg), "max_steps": max_steps}
+
+
+def train_dpo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, *, name: str,
+              max_steps: int | None = None, progress: bool = True) -> Entry:
+    """Stage ``train``: DPO of ``policy`` on ``pairs``; the model (or adapter) and tokenizer, and
+    ``log_history.json``. A killed run resumes from ``<run_dir>/checkpoints/<key>/``."""
+    store = RunStore(run_dir)
+    ref = reference_logps(pairs, cfg, policy, run_dir, progress) if cfg.precompute_ref_log_probs else None
+    config = _train_config(cfg, max_steps)
+    inputs = {"pairs": pairs_fingerprint(pairs), **({"ref": ref} if ref else {}),
+              **_world_inputs(policy.name_or_path, run_dir)}
+    code_version = default_code_version(train_dpo)
+    checkpoints = Path(run_dir) / "checkpoints" / store.key_for("train", config, inputs, code_version)
+
+    def compute(out: Path) -> dict:
+        dataset = trl_pairs(pairs)
+        if ref is not None:
+            dataset = with_reference(dataset, ref)
+        model, tokenizer, peft_config = load_model(cfg, policy, run_dir)
+        args = dpo_config(cfg, checkpoints, run_name=name, disable_tqdm=not progress,
+                          **({"max_steps": max_steps} if max_steps else {}))
+        trainer = make_trainer(model, tokenizer, args, dataset, peft_config)
+        if not progress:
+            from transformers import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # what Trainer prints in place of the progress bar
+        resume = _complete_checkpoint(checkpoints) if checkpoints.exists() else None
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.save_model(str(out))
+        tokenizer.save_pretrained(out)
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        on = sum(dataset[SOURCE_COLUMN])
+        return {"name": name, "rows": len(dataset), "on_policy": on, "off_policy": len(dataset) - on,
+                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+                "resumed_from": resume.name if resume else None}
+
+    entry = store.run("train", compute, config, inputs, code_version=code_version)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return entry
