@@ -63,12 +63,13 @@ def fused_sample_ids(policy, reference, input_ids, attention_mask, *, weights, m
     """New token ids (rows x at most ``max_new_tokens``) for left-padded prompts; pad after a row's eos.
 
     Stops early once every row has produced ``eos_token_id``. ``generator`` must live on the policy's device.
+    ``reference=None`` samples from the policy alone (its logits times ``weights[0]``), one forward per token.
     """
     import torch
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    models = (policy, reference)
+    models = (policy,) if reference is None else (policy, reference)
     devices = [_device(m) for m in models]
     mask = attention_mask.long().to(devices[0])
     tokens = input_ids.to(devices[0])
@@ -86,6 +87,8 @@ def fused_sample_ids(policy, reference, input_ids, attention_mask, *, weights, m
                             logits_to_keep=1)
                 caches[k] = out.past_key_values
                 logits.append(out.logits[:, -1].to(devices[0], torch.float32))
+            if reference is None:
+                logits.append(torch.zeros_like(logits[0]))
             probs = fused_next_token_distribution(*logits, weights, temperature, top_p)
             if temperature == 0:
                 nxt = probs.argmax(-1)

@@ -12,9 +12,10 @@ import dataclasses
 import functools
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from simplemix.config import ModelConfig, QuantizationConfig, TrainingConfig
+from simplemix.config import HypoConfig, ModelConfig, QuantizationConfig, TrainingConfig
 from simplemix.data import to_trl
 from simplemix.onpolicy import _world_inputs
 from simplemix.sampling import DTYPES, resolve_model_path
@@ -22,13 +23,16 @@ from simplemix.store import Entry, RunStore, default_code_version, stable_hash
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 SOURCE_COLUMN = "is_on_policy"  # 1 for an on-policy pair, 0 for off-policy; numeric so it batches as a tensor
+PROMPT_KEYS = ("hypo_prompt_ids", "hypo_prompt_mask")  # left-padded prompts the HyPO collator adds
+EXTRA_KEYS = (SOURCE_COLUMN, *PROMPT_KEYS)  # batch entries that are ours, not model inputs
+METHODS = ("dpo", "hypo")
 _NAMES = [f.name for f in dataclasses.fields(TrainingConfig)]
 TRL_FIELDS = tuple(_NAMES[_NAMES.index("beta"): _NAMES.index("seed") + 1])  # DPOConfig fields of the same name
 
 
 def __getattr__(name: str):
     # The trainer classes subclass TRL's, whose import takes seconds: they are built on first use.
-    if name in ("SimpleMixDPOTrainer", "SourceCollator"):
+    if name in ("SimpleMixDPOTrainer", "HyPOTrainer", "SourceCollator"):
         return _classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -103,12 +107,22 @@ def _classes() -> dict:
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     class SourceCollator(DataCollatorForPreference):
-        """TRL's preference collator that also passes each pair's ``is_on_policy`` flag through."""
+        """TRL's preference collator that also passes each pair's ``is_on_policy`` flag through and, for HyPO,
+        the prompts alone, left-padded for generation."""
+
+        def __init__(self, *args, with_prompts: bool = False, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.with_prompts = with_prompts
 
         def torch_call(self, examples):
             batch = super().torch_call(examples)
             if SOURCE_COLUMN in examples[0]:
                 batch[SOURCE_COLUMN] = torch.tensor([e[SOURCE_COLUMN] for e in examples])
+            if self.with_prompts:
+                prompts = [e["prompt_ids"] for e in examples]
+                width = max(map(len, prompts))
+                batch[PROMPT_KEYS[0]] = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts])
+                batch[PROMPT_KEYS[1]] = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
             return batch
 
     class SimpleMixDPOTrainer(DPOTrainer):
@@ -125,7 +139,7 @@ def _classes() -> dict:
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
         def compute_ref_log_probs(self, model, inputs):
-            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != SOURCE_COLUMN})
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in EXTRA_KEYS})
 
         def _compute_loss(self, model, inputs, return_outputs):
             on_policy = inputs.pop(SOURCE_COLUMN, None)
@@ -166,17 +180,106 @@ def _classes() -> dict:
                     metrics[f"rewards/accuracies_{suffix}"].append(
                         (chosen_rewards > rejected_rewards)[rows].float().mean().item())
 
-    return {"SourceCollator": SourceCollator, "SimpleMixDPOTrainer": SimpleMixDPOTrainer}
+    class HyPOTrainer(SimpleMixDPOTrainer):
+        """HyPO (Song et al., 2024): DPO on the batch's pairs plus ``kl_coef`` times KL(pi_theta || pi_ref),
+        estimated on ``num_samples`` fresh samples from pi_theta for each of the batch's prompts."""
+
+        hypo: HypoConfig
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            prompt_ids, prompt_mask = (inputs.pop(key) for key in PROMPT_KEYS)
+            result = super()._compute_loss(model, inputs, return_outputs)
+            loss = result[0] if return_outputs else result
+            surrogate, kl, lengths = self._kl_term(model, prompt_ids, prompt_mask)
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            metrics["hypo/kl"].append(self.accelerator.gather(kl.detach()).mean().item())
+            metrics["hypo/sample_length"].append(self.accelerator.gather(lengths.float()).mean().item())
+            loss = loss + self.hypo.kl_coef * surrogate
+            return (loss, result[1]) if return_outputs else loss
+
+        def _kl_term(self, model, prompt_ids, prompt_mask):
+            from trl.models.utils import unwrap_model_for_generation
+            from trl.trainer.utils import use_adapter
+
+            eos, pad = self.processing_class.eos_token_id, self.processing_class.pad_token_id
+            with torch.no_grad(), unwrap_model_for_generation(model, self.accelerator) as unwrapped:
+                new = sample_policy(unwrapped, prompt_ids, prompt_mask, num_samples=self.hypo.num_samples,
+                                    max_new_tokens=self.hypo.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+            ids, mask, completion = with_samples(prompt_ids, prompt_mask, new, self.hypo.num_samples, eos)
+            logps = sequence_logps(model, ids, mask, completion)
+            with torch.no_grad():
+                if self.ref_model is not None:
+                    ref_logps = sequence_logps(self.ref_model, ids, mask, completion)
+                else:  # PEFT: the base with adapters disabled
+                    with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
+                        ref_logps = sequence_logps(model, ids, mask, completion)
+            surrogate, kl = loo_kl_surrogate(logps, ref_logps, self.hypo.num_samples)
+            return surrogate, kl, completion.sum(1)
+
+    return {"SourceCollator": SourceCollator, "SimpleMixDPOTrainer": SimpleMixDPOTrainer, "HyPOTrainer": HyPOTrainer}
 
 
-def make_trainer(model, tokenizer, args, dataset, peft_config=None):
-    """A SimpleMixDPOTrainer with the source-carrying collator, configured as TRL would its own."""
+# ------------------------------------------------------------------------------------------------------- HyPO
+def loo_kl_surrogate(logps, ref_logps, num_samples: int):
+    """(surrogate, KL estimate) for KL(pi_theta || pi_ref) from ``num_samples`` samples of pi_theta per prompt,
+    grouped prompt-major. The surrogate's gradient is REINFORCE with a leave-one-out baseline, an unbiased
+    estimate of the gradient of the KL: E[(r - b) grad log pi_theta(y)] with r = sg(log pi_theta/pi_ref)."""
+    if num_samples < 2 or logps.numel() % num_samples:
+        raise ValueError(f"need num_samples >= 2 dividing {logps.numel()} samples, got {num_samples}")
+    ratio = (logps.detach() - ref_logps.detach()).view(-1, num_samples)
+    baseline = (ratio.sum(1, keepdim=True) - ratio) / (num_samples - 1)
+    surrogate = ((ratio - baseline) * logps.view(-1, num_samples)).mean()
+    return surrogate, ratio.mean()
+
+
+def sample_policy(model, prompt_ids, prompt_mask, *, num_samples: int, max_new_tokens: int, eos_token_id: int,
+                  pad_token_id: int, generator=None):
+    """``num_samples`` pure samples (temperature 1, no top-k or top-p: the KL is that of pi_theta itself) per
+    left-padded prompt, prompt-major; the new token ids only."""
+    from simplemix.fused import fused_sample_ids
+
+    ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+    mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+    return fused_sample_ids(model, None, ids, mask, weights=(1.0, 0.0), max_new_tokens=max_new_tokens,
+                            generator=generator, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+
+def with_samples(prompt_ids, prompt_mask, new, num_samples: int, eos_token_id: int):
+    """(input_ids, attention_mask, completion_mask) of each left-padded prompt followed by its samples; the
+    completion is every sampled token up to and including the first eos."""
+    import torch
+
+    is_eos = (new == eos_token_id).long()
+    completion = (is_eos.cumsum(1) - is_eos == 0).long()
+    ids = torch.cat([prompt_ids.repeat_interleave(num_samples, dim=0).to(new.device), new], dim=1)
+    mask = torch.cat([prompt_mask.repeat_interleave(num_samples, dim=0).to(new.device), completion], dim=1)
+    return ids, mask, completion
+
+
+def sequence_logps(model, input_ids, attention_mask, completion_mask):
+    """Sum of log pi(token) over each row's completion (the last ``completion_mask.size(1)`` positions) for
+    left-padded prompts; differentiable when called with grad enabled."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
+    width = completion_mask.size(1)
+    logps = logits[:, -width - 1:-1].float().log_softmax(-1).gather(-1, input_ids[:, -width:, None]).squeeze(-1)
+    return (logps * completion_mask).sum(1)
+
+
+def make_trainer(model, tokenizer, args, dataset, peft_config=None, *, hypo: HypoConfig | None = None,
+                 ref_model=None):
+    """A SimpleMixDPOTrainer (a HyPOTrainer when ``hypo`` is given) with the source-carrying collator,
+    configured as TRL would its own."""
     classes = _classes()
     collator = classes["SourceCollator"](pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
                                          truncation_mode=args.truncation_mode,
-                                         pad_to_multiple_of=args.pad_to_multiple_of)
-    return classes["SimpleMixDPOTrainer"](model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                          data_collator=collator, peft_config=peft_config)
+                                         pad_to_multiple_of=args.pad_to_multiple_of, with_prompts=hypo is not None)
+    trainer_class = classes["HyPOTrainer" if hypo is not None else "SimpleMixDPOTrainer"]
+    trainer = trainer_class(model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            data_collator=collator, peft_config=peft_config)
+    if hypo is not None:
+        trainer.hypo = hypo
+    return trainer
 
 
 def trl_pairs(pairs):
@@ -248,23 +351,26 @@ def _complete_checkpoint(directory: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _train_config(cfg: TrainingConfig, max_steps: int | None) -> dict:
-    """The parts of a TrainingConfig that change a DPO run (not HyPO's or DPO-Mix-P's settings)."""
-    return {"dpo": {name: getattr(cfg, name) for name in TRL_FIELDS}, "finetuning": cfg.finetuning,
-            "lora": dataclasses.asdict(cfg.lora) if cfg.finetuning != "full" else None,
-            **_reference(cfg), "max_steps": max_steps}
+def _train_config(cfg: TrainingConfig, method: str, max_steps: int | None) -> dict:
+    """The parts of a TrainingConfig that change a run of ``method`` (not DPO-Mix-P's loop settings)."""
+    return {"method": method, "dpo": {name: getattr(cfg, name) for name in TRL_FIELDS},
+            "finetuning": cfg.finetuning, "lora": dataclasses.asdict(cfg.lora) if cfg.finetuning != "full" else None,
+            **_reference(cfg), "hypo": dataclasses.asdict(cfg.hypo) if method == "hypo" else None,
+            "max_steps": max_steps}
 
 
-def train_dpo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, *, name: str,
-              max_steps: int | None = None, progress: bool = True) -> Entry:
-    """Stage ``train``: DPO of ``policy`` on ``pairs``; the model (or adapter) and tokenizer, and
+def train(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, *, name: str, method: str = "dpo",
+          max_steps: int | None = None, progress: bool = True) -> Entry:
+    """Stage ``train``: DPO (or HyPO) of ``policy`` on ``pairs``; the model (or adapter), its tokenizer and
     ``log_history.json``. A killed run resumes from ``<run_dir>/checkpoints/<key>/``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}; expected one of {METHODS}")
     store = RunStore(run_dir)
     ref = reference_logps(pairs, cfg, policy, run_dir, progress) if cfg.precompute_ref_log_probs else None
-    config = _train_config(cfg, max_steps)
+    config = _train_config(cfg, method, max_steps)
     inputs = {"pairs": pairs_fingerprint(pairs), **({"ref": ref} if ref else {}),
               **_world_inputs(policy.name_or_path, run_dir)}
-    code_version = default_code_version(train_dpo)
+    code_version = default_code_version(sys.modules[__name__])  # the trainer classes are part of the stage
     checkpoints = Path(run_dir) / "checkpoints" / store.key_for("train", config, inputs, code_version)
 
     def compute(out: Path) -> dict:
@@ -272,9 +378,13 @@ def train_dpo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Pa
         if ref is not None:
             dataset = with_reference(dataset, ref)
         model, tokenizer, peft_config = load_model(cfg, policy, run_dir)
+        ref_model = None
+        if method == "hypo" and cfg.finetuning == "full":
+            ref_model = load_model(cfg, policy, run_dir)[0].eval()  # the KL term needs pi_ref on fresh samples
         args = dpo_config(cfg, checkpoints, run_name=name, disable_tqdm=not progress,
                           **({"max_steps": max_steps} if max_steps else {}))
-        trainer = make_trainer(model, tokenizer, args, dataset, peft_config)
+        trainer = make_trainer(model, tokenizer, args, dataset, peft_config,
+                               hypo=cfg.hypo if method == "hypo" else None, ref_model=ref_model)
         if not progress:
             from transformers import PrinterCallback
 
@@ -285,10 +395,20 @@ def train_dpo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Pa
         tokenizer.save_pretrained(out)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         on = sum(dataset[SOURCE_COLUMN])
-        return {"name": name, "rows": len(dataset), "on_policy": on, "off_policy": len(dataset) - on,
-                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-                "resumed_from": resume.name if resume else None}
+        return {"name": name, "method": method, "rows": len(dataset), "on_policy": on,
+                "off_policy": len(dataset) - on, "global_step": trainer.state.global_step,
+                "train_loss": result.training_loss, "resumed_from": resume.name if resume else None}
 
     entry = store.run("train", compute, config, inputs, code_version=code_version)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return entry
+
+
+def train_dpo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, **kwargs) -> Entry:
+    """DPO of ``policy`` on ``pairs`` (see :func:`train`)."""
+    return train(pairs, cfg, policy, run_dir, method="dpo", **kwargs)
+
+
+def train_hypo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, **kwargs) -> Entry:
+    """HyPO of ``policy``: DPO on ``pairs`` (the paper's off-policy pairs) plus the online KL term of cfg.hypo."""
+    return train(pairs, cfg, policy, run_dir, method="hypo", **kwargs)
