@@ -43,7 +43,7 @@ def resolve_model_path(name_or_path: str, run_dir: str | Path | None = None) -> 
 def load_policy(cfg: ModelConfig, run_dir: str | Path | None = None):
     """(model, tokenizer) through ``from_pretrained``: the same path for the hub and the miniature world."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = resolve_model_path(cfg.name_or_path, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -52,9 +52,20 @@ def load_policy(cfg: ModelConfig, run_dir: str | Path | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     dtype = "auto" if cfg.torch_dtype == "auto" else getattr(torch, DTYPES[cfg.torch_dtype])
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision, dtype=dtype,
-                                                 trust_remote_code=cfg.trust_remote_code, **kwargs)
+    model = causal_lm(path, revision=cfg.revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
     return model.eval(), tokenizer
+
+
+def causal_lm(path: str, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained``; a LoRA adapter directory (a LoRA/QLoRA training result) is
+    loaded onto its base and merged, so every caller gets a plain model."""
+    from transformers import AutoModelForCausalLM
+
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def render(tokenizer, messages: list[dict]) -> list[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from simplemix.config import HypoConfig, ModelConfig, QuantizationConfig, TrainingConfig
 from simplemix.data import to_trl
 from simplemix.onpolicy import _world_inputs
-from simplemix.sampling import DTYPES, resolve_model_path
+from simplemix.sampling import DTYPES, causal_lm, resolve_model_path
 from simplemix.store import Entry, RunStore, default_code_version, stable_hash
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -73,7 +73,7 @@ def load_model(cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path | N
     """(model, tokenizer, peft_config or None) for ``cfg.finetuning``; with PEFT, TRL's reference is the base
     with adapters disabled, so no second model is loaded."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer, BitsAndBytesConfig
 
     path = resolve_model_path(policy.name_or_path, run_dir)
     common = {"revision": policy.revision, "trust_remote_code": policy.trust_remote_code}
@@ -89,7 +89,7 @@ def load_model(cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path | N
             load_in_4bit=q.load_in_4bit, bnb_4bit_quant_type=q.bnb_4bit_quant_type,
             bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=getattr(torch, _compute_dtype(q)))
-    model = AutoModelForCausalLM.from_pretrained(path, **common, **kwargs)
+    model = causal_lm(path, **common, **kwargs)
     if cfg.finetuning == "full":
         return model, tokenizer, None
     from peft import LoraConfig, prepare_model_for_kbit_training
@@ -194,7 +194,8 @@ def _classes() -> dict:
             metrics = self._metrics["train" if self.model.training else "eval"]
             metrics["hypo/kl"].append(self.accelerator.gather(kl.detach()).mean().item())
             metrics["hypo/sample_length"].append(self.accelerator.gather(lengths.float()).mean().item())
-            loss = loss + self.hypo.kl_coef * surrogate
+            # value: the KL estimate (so the logged loss reads DPO + lambda * KL); gradient: the surrogate's
+            loss = loss + self.hypo.kl_coef * (kl.detach() + surrogate - surrogate.detach())
             return (loss, result[1]) if return_outputs else loss
 
         def _kl_term(self, model, prompt_ids, prompt_mask):
@@ -367,7 +368,7 @@ def train(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, 
         raise ValueError(f"unknown training method {method!r}; expected one of {METHODS}")
     store = RunStore(run_dir)
     ref = reference_logps(pairs, cfg, policy, run_dir, progress) if cfg.precompute_ref_log_probs else None
-    config = _train_config(cfg, method, max_steps)
+    config = {"policy": dataclasses.asdict(policy), **_train_config(cfg, method, max_steps)}
     inputs = {"pairs": pairs_fingerprint(pairs), **({"ref": ref} if ref else {}),
               **_world_inputs(policy.name_or_path, run_dir)}
     code_version = default_code_version(sys.modules[__name__])  # the trainer classes are part of the stage

@@ -1,0 +1,189 @@
+"""The paper's methods end to end: each method's pairs at one shared pair budget, then its training run.
+
+Methods (paper section 4 and table 2): ``off`` (off-policy DPO), ``on`` (on-policy DPO), ``simplemix`` (a
+fraction r of on-policy pairs, the rest off-policy), ``hypo`` (off-policy DPO plus the online KL term) and
+``dpo_mix_p`` (iterative online DPO whose samples come from fused policy/SFT logits). Every method trains on
+the same number of pairs, as in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from simplemix.config import ConfigError, ModelConfig, Profile
+from simplemix.store import Entry, RunStore, default_code_version
+
+METHODS = ("off", "on", "simplemix", "hypo", "dpo_mix_p")
+ON_FRACTION = {"off": 0.0, "on": 1.0, "hypo": 0.0}  # simplemix takes its r from the profile (or the caller)
+
+
+def off_policy_pairs(prof: Profile, run_dir: str | Path, progress: bool = True):
+    """The profile's off-policy pairs in the normalized schema: the miniature pool (already judged by the oracle)
+    or the profile's datasets, re-labelled by the profile's reward model when ``reward.rescore_off_policy``."""
+    from simplemix.data import load_preferences
+
+    if prof.datasets[0].format == "miniature":
+        from simplemix.miniature.world import build_world
+
+        return build_world(run_dir, progress=False).off_policy_pairs()
+
+    def compute(out: Path) -> dict:
+        from datasets import concatenate_datasets
+
+        from simplemix.onpolicy import _write_jsonl
+        from simplemix.reward import load_reward_model, rescore_pairs
+
+        parts = [load_preferences(d.format, d.path, split=d.split, max_rows=d.max_rows, on_invalid=d.on_invalid,
+                                  helpsteer2_weights=d.helpsteer2_weights)[0] for d in prof.datasets]
+        ds = concatenate_datasets(parts)
+        counts = {"pairs": len(ds)}
+        rows = list(ds)
+        if prof.reward.rescore_off_policy:
+            rows, counts = rescore_pairs(rows, load_reward_model(prof.reward, run_dir), progress=progress)
+        _write_jsonl(out / "pairs.jsonl", rows)
+        return counts
+
+    config = {"datasets": [dataclasses.asdict(d) for d in prof.datasets],
+              "reward": dataclasses.asdict(prof.reward) if prof.reward.rescore_off_policy else None}
+    entry = RunStore(run_dir).run("off-policy", compute, config, code_version=default_code_version(off_policy_pairs))
+    ds, _ = load_preferences("local", entry.path / "pairs.jsonl", source="off", on_invalid={"empty_response": "keep"})
+    return ds
+
+
+def pair_budget(prof: Profile, n_on: int, n_off: int) -> int:
+    """The number of pairs every method trains on: ``mixing.total_pairs``, or as many as both sources have."""
+    total = prof.mixing.total_pairs or min(n_on, n_off)
+    if not prof.mixing.with_replacement and total > min(n_on, n_off):
+        raise ConfigError(f"mixing.total_pairs={total}, but pure on- and off-policy DPO need that many pairs of "
+                          f"each source: {n_on} on-policy and {n_off} off-policy pairs exist")
+    return total
+
+
+def _filtered_off(prof: Profile, off, run_dir, progress: bool):
+    from simplemix.curation import off_policy_filter
+
+    flt = prof.mixing.off_policy_filter
+    model = tokenizer = None
+    if flt.criterion in ("on_policiness", "dissimilarity"):
+        from simplemix.sampling import load_policy
+
+        model, tokenizer = load_policy(prof.policies[0], run_dir)
+    return off_policy_filter(off, flt.criterion, flt.keep_fraction, model=model, tokenizer=tokenizer,
+                             progress=progress)[0]
+
+
+def method_pairs(prof: Profile, run_dir: str | Path, method: str, on_fraction: float | None = None,
+                 progress: bool = True):
+    """The training pairs of ``method`` (not DPO-Mix-P, which makes its own each round) at the shared budget."""
+    from simplemix.curation import mix
+    from simplemix.onpolicy import load_pairs, on_policy_pairs
+
+    if method not in ("off", "on", "simplemix", "hypo"):
+        raise ValueError(f"method {method!r} has no fixed pair set; expected off, on, simplemix or hypo")
+    on = load_pairs(on_policy_pairs(prof, run_dir, progress=progress)["pairs"])
+    off = _filtered_off(prof, off_policy_pairs(prof, run_dir, progress), run_dir, progress)
+    total = pair_budget(prof, len(on), len(off))
+    r = ON_FRACTION.get(method, prof.mixing.on_policy_fraction if on_fraction is None else on_fraction)
+    return mix(on, off, total, r, prof.mixing.seed, prof.mixing.with_replacement)
+
+
+def _round_pairs(prof: Profile, run_dir, policy: ModelConfig, prompts, round_index: int, progress: bool) -> Entry:
+    """Stage ``dpo-mix-p-pairs``: fused samples from ``policy`` and the SFT model for ``prompts``, scored by the
+    reward model, as best/worst pairs."""
+    from simplemix.onpolicy import _world_inputs, _write_jsonl
+
+    sft = prof.policies[0]
+    mp, s = prof.training.dpo_mix_p, prof.sampling
+    config = {"policy": dataclasses.asdict(policy), "sft": dataclasses.asdict(sft), "round": round_index,
+              "fused_weights": mp.fused_weights, "num_samples": s.num_samples, "max_new_tokens": s.max_new_tokens,
+              "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed, "reward": dataclasses.asdict(prof.reward),
+              "pairs": dataclasses.asdict(prof.pairs)}
+    inputs = {"prompts": prompts.key, **_world_inputs(sft.name_or_path, run_dir)}
+
+    def compute(out: Path) -> dict:
+        from simplemix.fused import dpo_mix_p_samples
+        from simplemix.reward import build_pairs, load_reward_model
+        from simplemix.sampling import load_policy
+
+        model, tokenizer = load_policy(policy, run_dir)
+        reference, _ = load_policy(sft, run_dir)
+        drawn = dpo_mix_p_samples(model, reference, tokenizer, prompts.messages, num_samples=s.num_samples,
+                                  fused_weights=mp.fused_weights, max_new_tokens=s.max_new_tokens,
+                                  temperature=s.temperature, top_p=s.top_p, seed=s.seed + 1000 * round_index,
+                                  progress=progress)
+        del model, reference
+        texts = [[m.sample.text for m in row] for row in drawn]
+        scorer = load_reward_model(prof.reward, run_dir)
+        flat = scorer.score([p for p, row in zip(prompts.messages, texts) for _ in row], sum(texts, []))
+        scores, at = [], 0
+        for row in texts:
+            scores.append(flat[at:at + len(row)])
+            at += len(row)
+        rows, counts = build_pairs(prompts.messages, texts, scores, min_margin=prof.pairs.min_margin,
+                                   prompt_ids=prompts.ids, origin=f"dpo-mix-p-round{round_index}",
+                                   sampler={"method": "dpo_mix_p", "round": round_index,
+                                            "fused_weights": mp.fused_weights})
+        _write_jsonl(out / "pairs.jsonl", rows)
+        return counts
+
+    return RunStore(run_dir).run("dpo-mix-p-pairs", compute, config, inputs,
+                                 code_version=default_code_version(_round_pairs))
+
+
+def dpo_mix_p(prof: Profile, run_dir: str | Path, *, total_pairs: int | None = None, max_steps: int | None = None,
+              progress: bool = True) -> list[Entry]:
+    """DPO-Mix-P for ``training.dpo_mix_p.rounds`` rounds; the train entry of each round, the last is the result.
+
+    The training prompts are shuffled once (``mixing.seed``) and cut into one disjoint slice per round. Round t
+    samples from the current policy fused with the SFT model, keeps ``total_pairs`` / T of its best/worst pairs
+    and runs DPO from the current policy, which is also that round's reference (iterative DPO as in Shi et al.),
+    so the whole loop trains on the same number of pairs as the other methods.
+    """
+    import numpy as np
+
+    from simplemix.data import load_preferences
+    from simplemix.onpolicy import PromptSet, load_pairs, on_policy_pairs, prompt_set
+    from simplemix.training import train
+
+    rounds = prof.training.dpo_mix_p.rounds
+    if total_pairs is None:
+        n_on = len(load_pairs(on_policy_pairs(prof, run_dir, progress=progress)["pairs"]))
+        total_pairs = pair_budget(prof, n_on, len(off_policy_pairs(prof, run_dir, progress)))
+    prompts = prompt_set(prof, run_dir)
+    order = np.random.default_rng(prof.mixing.seed).permutation(len(prompts)).tolist()
+    slices = np.array_split(order, rounds)
+    policy, entries = prof.policies[0], []
+    for t, part in enumerate(slices):
+        want = total_pairs // rounds + (t < total_pairs % rounds)
+        subset = PromptSet([prompts.ids[i] for i in part], [prompts.messages[i] for i in part],
+                           [prompts.categories[i] for i in part])
+        made = _round_pairs(prof, run_dir, policy, subset, t, progress)
+        pairs, _ = load_preferences("local", made.path / "pairs.jsonl", source="on",
+                                    on_invalid={"empty_response": "keep"})
+        if len(pairs) < want:
+            raise ValueError(f"DPO-Mix-P round {t}: {len(pairs)} pairs from {len(subset)} prompts, {want} needed for "
+                             f"a budget of {total_pairs} pairs over {rounds} rounds; lower mixing.total_pairs or "
+                             "raise sampling.num_samples")
+        pairs = pairs.shuffle(seed=prof.mixing.seed + t).select(range(want))
+        entry = train(pairs, prof.training, policy, run_dir, name=f"dpo_mix_p-round{t}", max_steps=max_steps,
+                      progress=progress)
+        entries.append(entry)
+        policy = dataclasses.replace(prof.policies[0], name_or_path=str(entry.path))
+    return entries
+
+
+def run_method(prof: Profile, run_dir: str | Path, method: str, *, on_fraction: float | None = None,
+               max_steps: int | None = None, progress: bool = True) -> Entry:
+    """Train ``method`` as the profile says; the train entry of the aligned policy."""
+    from simplemix.training import train
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method == "dpo_mix_p":
+        return dpo_mix_p(prof, run_dir, max_steps=max_steps, progress=progress)[-1]
+    pairs = method_pairs(prof, run_dir, method, on_fraction, progress)
+    name = f"simplemix-r{on_fraction if on_fraction is not None else prof.mixing.on_policy_fraction:g}" \
+        if method == "simplemix" else method
+    return train(pairs, prof.training, prof.policies[0], run_dir, name=name,
+                 method="hypo" if method == "hypo" else "dpo", max_steps=max_steps, progress=progress)

@@ -1,0 +1,79 @@
+"""The methods end to end on the tiny world: one pair budget for all, each method's pair sources, DPO-Mix-P's
+rounds chained through the store, and LoRA results loading as merged models."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from simplemix import experiments
+from simplemix.config import ConfigError, ModelConfig, load_profile
+from simplemix.data import load_preferences
+from simplemix.sampling import load_policy
+
+SMALL = ["sampling.num_samples=2", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
+         "training.per_device_train_batch_size=4", "training.max_length=192", "training.logging_steps=1"]
+
+
+@pytest.fixture
+def run_dir(tiny_run_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
+
+
+def test_every_method_trains_on_the_same_budget_from_its_own_sources(run_dir):
+    prof = load_profile("smoke", SMALL)
+    sources = {}
+    for method in ("off", "on", "simplemix", "hypo"):
+        pairs = experiments.method_pairs(prof, run_dir, method, progress=False)
+        assert len(pairs) == 12
+        sources[method] = sorted(pairs["source"])
+    assert sources["off"] == sources["hypo"] == ["off"] * 12 and sources["on"] == ["on"] * 12
+    assert sources["simplemix"] == ["off"] * 6 + ["on"] * 6
+    quarter = experiments.method_pairs(prof, run_dir, "simplemix", on_fraction=0.25, progress=False)
+    assert sorted(quarter["source"]) == ["off"] * 9 + ["on"] * 3
+    entry = experiments.run_method(prof, run_dir, "simplemix", progress=False)
+    info = entry.manifest["info"]
+    assert (info["on_policy"], info["off_policy"], info["name"]) == (6, 6, "simplemix-r0.5")
+
+
+def test_a_budget_larger_than_a_source_is_a_config_error(run_dir):
+    prof = load_profile("smoke", SMALL[:2] + ["mixing.total_pairs=100000"])
+    with pytest.raises(ConfigError, match=r"mixing.total_pairs=100000.*\d+ on-policy and \d+ off-policy pairs exist"):
+        experiments.method_pairs(prof, run_dir, "off", progress=False)
+
+
+def test_dpo_mix_p_chains_its_rounds_and_keeps_the_budget(run_dir):
+    prof = load_profile("smoke", SMALL + ["training.dpo_mix_p.rounds=2", "training.warmup_steps=0"])
+    rounds = experiments.dpo_mix_p(prof, run_dir, progress=False)
+    assert [e.manifest["info"]["rows"] for e in rounds] == [6, 6]
+    assert all(e.manifest["info"]["on_policy"] == 6 for e in rounds)
+    made = sorted((run_dir / "stages" / "dpo-mix-p-pairs").iterdir())
+    assert len(made) == 2
+    configs = {_manifest(p)["config"]["round"]: _manifest(p)["config"] for p in made}
+    assert configs[0]["policy"]["name_or_path"] == "miniature:sft-policy"
+    assert configs[1]["policy"]["name_or_path"] == str(rounds[0].path)  # round 1 samples from round 0's policy
+    assert configs[1]["fused_weights"] == [[1.5, -0.5], [0.5, 0.5]]
+    for p in made:
+        pairs, _ = load_preferences("local", p / "pairs.jsonl", source="on", on_invalid={"empty_response": "keep"})
+        assert set(pairs["origin"]) == {f"dpo-mix-p-round{_manifest(p)['config']['round']}"}
+    again = experiments.dpo_mix_p(prof, run_dir, progress=False)
+    assert [e.hit for e in again] == [True, True]
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_lora_results_load_as_merged_models_for_sampling_and_the_next_round(run_dir):
+    prof = load_profile("smoke", SMALL + ["training.finetuning=lora", "training.dpo_mix_p.rounds=2",
+                                          "training.learning_rate=0.01", "training.warmup_steps=0"])
+    rounds = experiments.dpo_mix_p(prof, run_dir, progress=False)
+    assert (rounds[-1].path / "adapter_config.json").exists()
+    model, _ = load_policy(ModelConfig(name_or_path=str(rounds[0].path)), run_dir)
+    base, _ = load_policy(ModelConfig(name_or_path="miniature:sft-policy"), run_dir)
+    assert type(model) is type(base)  # merged: a plain causal LM, no PEFT wrapper
+    moved = [(a - b).abs().max().item() for a, b in zip(model.parameters(), base.parameters())]
+    assert max(moved) > 0
