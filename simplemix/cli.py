@@ -34,6 +34,42 @@ def _onpolicy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simplemix import config, experiments, launch
+
+    prof = config.load_profile(args.profile, args.set)
+    run_dir = str(Path(args.run or config.default_run_dir(prof.name)).resolve())
+    if args.method == "simplemix" and args.on_fraction is not None and not 0 <= args.on_fraction <= 1:
+        raise config.ConfigError(f"--on-fraction must be in [0, 1], got {args.on_fraction}")
+    common = {"on_fraction": args.on_fraction, "max_steps": args.max_steps}
+    launched = prof.training.num_processes > 1 and not args.worker
+    if launched:
+        files = launch.accelerate_files(prof, Path(run_dir) / "launch")
+        forwarded = ["--profile", args.profile, "--method", args.method, "--run", run_dir]
+        forwarded += [f"--set={kv}" for kv in args.set]
+        forwarded += [x for k, v in common.items() if v is not None for x in (f"--{k.replace('_', '-')}", str(v))]
+        command = launch.worker_command(files[0], forwarded)
+        if args.dry_run:
+            print(f"{args.method} on profile {prof.name!r}: data stages here, training in "
+                  f"{prof.training.num_processes} processes (run {run_dir})")
+            print(launch.describe(command, list(files)))
+            return 0
+        entry = experiments.run_method(prof, run_dir, args.method, train_fn=launch.launched_train(command),
+                                       **common)
+    else:
+        if args.dry_run:
+            print(f"{args.method} on profile {prof.name!r}: one process, {prof.training.finetuning} fine-tuning "
+                  f"(run {run_dir}); no launch command")
+            return 0
+        entry = experiments.run_method(prof, run_dir, args.method, upto_round=args.upto_round, **common)
+    if not args.worker:  # the launcher reports what its workers stored
+        state = "trained by the launched workers" if launched else "cached" if entry.hit else "computed"
+        print(f"train {entry.key} {state}  {entry.path}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from simplemix import config, runner
 
@@ -69,6 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     onp.add_argument("--run", default=None, help="run directory (default runs/<profile>)")
     onp.add_argument("--dry-run", action="store_true", help="print what would be computed and what is cached")
     onp.set_defaults(func=_onpolicy)
+
+    tr = sub.add_parser("train", help="train one method (through accelerate launch when the profile has "
+                                      "training.num_processes > 1)")
+    tr.add_argument("--profile", default="smoke")
+    tr.add_argument("--method", required=True, choices=["off", "on", "simplemix", "hypo", "dpo_mix_p"])
+    tr.add_argument("--on-fraction", type=float, default=None, help="SimpleMix's r (default mixing.on_policy_fraction)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    tr.add_argument("--run", default=None, help="run directory (default runs/<profile>)")
+    tr.add_argument("--max-steps", type=int, default=None, help="stop each training run after this many steps")
+    tr.add_argument("--dry-run", action="store_true", help="print the launch command and configs; compute nothing")
+    tr.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the launcher
+    tr.add_argument("--upto-round", type=int, default=None, help=argparse.SUPPRESS)
+    tr.set_defaults(func=_train)
 
     run = sub.add_parser("run", help="execute the book's notebooks with papermill into runs/<profile>/")
     run.add_argument("--profile", default="smoke")

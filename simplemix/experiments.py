@@ -132,13 +132,14 @@ def _round_pairs(prof: Profile, run_dir, policy: ModelConfig, prompts, round_ind
 
 
 def dpo_mix_p(prof: Profile, run_dir: str | Path, *, total_pairs: int | None = None, max_steps: int | None = None,
-              progress: bool = True) -> list[Entry]:
+              progress: bool = True, train_fn=None, upto_round: int | None = None) -> list[Entry]:
     """DPO-Mix-P for ``training.dpo_mix_p.rounds`` rounds; the train entry of each round, the last is the result.
 
     The training prompts are shuffled once (``mixing.seed``) and cut into one disjoint slice per round. Round t
     samples from the current policy fused with the SFT model, keeps ``total_pairs`` / T of its best/worst pairs
     and runs DPO from the current policy, which is also that round's reference (iterative DPO as in Shi et al.),
-    so the whole loop trains on the same number of pairs as the other methods.
+    so the whole loop trains on the same number of pairs as the other methods. ``train_fn`` replaces
+    :func:`simplemix.training.train` (the multi-GPU launcher's hook); ``upto_round`` stops after that round.
     """
     import numpy as np
 
@@ -146,6 +147,7 @@ def dpo_mix_p(prof: Profile, run_dir: str | Path, *, total_pairs: int | None = N
     from simplemix.onpolicy import PromptSet, load_pairs, on_policy_pairs, prompt_set
     from simplemix.training import train
 
+    train_fn = train_fn or train
     rounds = prof.training.dpo_mix_p.rounds
     if total_pairs is None:
         n_on = len(load_pairs(on_policy_pairs(prof, run_dir, progress=progress)["pairs"]))
@@ -166,24 +168,29 @@ def dpo_mix_p(prof: Profile, run_dir: str | Path, *, total_pairs: int | None = N
                              f"a budget of {total_pairs} pairs over {rounds} rounds; lower mixing.total_pairs or "
                              "raise sampling.num_samples")
         pairs = pairs.shuffle(seed=prof.mixing.seed + t).select(range(want))
-        entry = train(pairs, prof.training, policy, run_dir, name=f"dpo_mix_p-round{t}", max_steps=max_steps,
-                      progress=progress)
+        entry = train_fn(pairs, prof.training, policy, run_dir, name=f"dpo_mix_p-round{t}", max_steps=max_steps,
+                         progress=progress)
         entries.append(entry)
         policy = dataclasses.replace(prof.policies[0], name_or_path=str(entry.path))
+        if upto_round is not None and t >= upto_round:
+            break
     return entries
 
 
 def run_method(prof: Profile, run_dir: str | Path, method: str, *, on_fraction: float | None = None,
-               max_steps: int | None = None, progress: bool = True) -> Entry:
-    """Train ``method`` as the profile says; the train entry of the aligned policy."""
+               max_steps: int | None = None, progress: bool = True, train_fn=None,
+               upto_round: int | None = None) -> Entry:
+    """Train ``method`` as the profile says; the train entry of the aligned policy. ``train_fn`` replaces
+    :func:`simplemix.training.train` (see :mod:`simplemix.launch`)."""
     from simplemix.training import train
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if method == "dpo_mix_p":
-        return dpo_mix_p(prof, run_dir, max_steps=max_steps, progress=progress)[-1]
+        return dpo_mix_p(prof, run_dir, max_steps=max_steps, progress=progress, train_fn=train_fn,
+                         upto_round=upto_round)[-1]
     pairs = method_pairs(prof, run_dir, method, on_fraction, progress)
     name = f"simplemix-r{on_fraction if on_fraction is not None else prof.mixing.on_policy_fraction:g}" \
         if method == "simplemix" else method
-    return train(pairs, prof.training, prof.policies[0], run_dir, name=name,
-                 method="hypo" if method == "hypo" else "dpo", max_steps=max_steps, progress=progress)
+    return (train_fn or train)(pairs, prof.training, prof.policies[0], run_dir, name=name,
+                               method="hypo" if method == "hypo" else "dpo", max_steps=max_steps, progress=progress)

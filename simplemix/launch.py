@@ -9,6 +9,9 @@ from the model when training starts.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -42,3 +45,41 @@ def accelerate_files(prof: Profile, out_dir: str | Path) -> tuple[Path, Path | N
     acc_path = out_dir / "accelerate.yaml"
     acc_path.write_text(yaml.safe_dump(acc, sort_keys=False))
     return acc_path, ds_path
+
+
+def worker_command(accelerate_yaml: str | Path, train_args: list[str]) -> list[str]:
+    """``accelerate launch --config_file <yaml> -m simplemix.cli train <args> --worker``, with this interpreter."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_yaml),
+            "-m", "simplemix.cli", "train", *train_args, "--worker"]
+
+
+def describe(command: list[str], files: list[Path | None]) -> str:
+    """What a dry run prints: the exact command, then every generated config file in full."""
+    parts = [f"command:\n  {shlex.join(command)}"]
+    for path in filter(None, files):
+        parts.append(f"{path}:\n" + "".join(f"  {line}\n" for line in path.read_text().splitlines()))
+    return "\n".join(parts)
+
+
+def launched_train(command: list[str]):
+    """A stand-in for :func:`simplemix.training.train` that trains in ``accelerate launch`` workers.
+
+    The reference log-probs are computed here, in one process, before the launch: in the workers every stage
+    before training is a store hit, so no rank waits on a lock while another waits on it in a collective. The
+    workers commit the trained model to the store; reading it back here is then a hit too. DPO-Mix-P calls this
+    once per round, and the workers stop after that round (``--upto-round``).
+    """
+    from simplemix import training
+
+    calls = []
+
+    def train(pairs, cfg, policy, run_dir, *, name, method="dpo", max_steps=None, progress=True):
+        if cfg.precompute_ref_log_probs:
+            training.reference_logps(pairs, cfg, policy, run_dir, progress)
+        round_args = ["--upto-round", str(len(calls))] if name.startswith("dpo_mix_p") else []
+        calls.append(name)
+        subprocess.run(command + round_args, check=True)
+        return training.train(pairs, cfg, policy, run_dir, name=name, method=method, max_steps=max_steps,
+                              progress=progress, stored_only=True)
+
+    return train

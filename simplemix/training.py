@@ -361,9 +361,10 @@ def _train_config(cfg: TrainingConfig, method: str, max_steps: int | None) -> di
 
 
 def train(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, *, name: str, method: str = "dpo",
-          max_steps: int | None = None, progress: bool = True) -> Entry:
+          max_steps: int | None = None, progress: bool = True, stored_only: bool = False) -> Entry:
     """Stage ``train``: DPO (or HyPO) of ``policy`` on ``pairs``; the model (or adapter), its tokenizer and
-    ``log_history.json``. A killed run resumes from ``<run_dir>/checkpoints/<key>/``."""
+    ``log_history.json``. A killed run resumes from ``<run_dir>/checkpoints/<key>/``. ``stored_only``: return
+    the stored entry or raise, never train."""
     if method not in METHODS:
         raise ValueError(f"unknown training method {method!r}; expected one of {METHODS}")
     store = RunStore(run_dir)
@@ -372,9 +373,15 @@ def train(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, 
     inputs = {"pairs": pairs_fingerprint(pairs), **({"ref": ref} if ref else {}),
               **_world_inputs(policy.name_or_path, run_dir)}
     code_version = default_code_version(sys.modules[__name__])  # the trainer classes are part of the stage
-    checkpoints = Path(run_dir) / "checkpoints" / store.key_for("train", config, inputs, code_version)
+    key = store.key_for("train", config, inputs, code_version)
+    checkpoints = Path(run_dir) / "checkpoints" / key
+    if stored_only:
+        if (entry := store.get("train", key)) is None:
+            raise LookupError(f"no stored training run {name!r} (train/{key}) in {run_dir}")
+        return entry
 
-    def compute(out: Path) -> dict:
+    def fit(out: Path) -> dict:
+        """Train and save into ``out``; under ``accelerate launch`` every rank runs this, the main one saves."""
         dataset = trl_pairs(pairs)
         if ref is not None:
             dataset = with_reference(dataset, ref)
@@ -392,17 +399,50 @@ def train(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, 
             trainer.remove_callback(PrinterCallback)  # what Trainer prints in place of the progress bar
         resume = _complete_checkpoint(checkpoints) if checkpoints.exists() else None
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        trainer.save_model(str(out))
-        tokenizer.save_pretrained(out)
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(out)
+            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         on = sum(dataset[SOURCE_COLUMN])
         return {"name": name, "method": method, "rows": len(dataset), "on_policy": on,
                 "off_policy": len(dataset) - on, "global_step": trainer.state.global_step,
-                "train_loss": result.training_loss, "resumed_from": resume.name if resume else None}
+                "train_loss": result.training_loss, "resumed_from": resume.name if resume else None,
+                "num_processes": trainer.accelerator.num_processes}
 
-    entry = store.run("train", compute, config, inputs, code_version=code_version)
+    if _world_size() > 1:
+        entry = _train_distributed(store, fit, config, inputs, code_version, checkpoints)
+    else:
+        entry = store.run("train", fit, config, inputs, code_version=code_version)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return entry
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _train_distributed(store: RunStore, fit, config, inputs, code_version, checkpoints: Path) -> Entry:
+    """Every rank trains (a rank cannot wait on the store's lock while the others wait on it in a collective);
+    the main process then moves the result into the store, and the others read the committed entry."""
+    from accelerate import PartialState
+
+    key = checkpoints.name
+    if (entry := store.get("train", key)) is not None:
+        return entry
+    state = PartialState()
+    staging = checkpoints / "result"
+    info = fit(staging)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        def commit(out: Path) -> dict:
+            shutil.copytree(staging, out, dirs_exist_ok=True)
+            return info
+
+        store.run("train", commit, config, inputs, code_version=code_version)
+    state.wait_for_everyone()
+    return store.get("train", key)
 
 
 def train_dpo(pairs, cfg: TrainingConfig, policy: ModelConfig, run_dir: str | Path, **kwargs) -> Entry:
