@@ -194,3 +194,42 @@ def run_method(prof: Profile, run_dir: str | Path, method: str, *, on_fraction: 
         if method == "simplemix" else method
     return (train_fn or train)(pairs, prof.training, prof.policies[0], run_dir, name=name,
                                method="hypo" if method == "hypo" else "dpo", max_steps=max_steps, progress=progress)
+
+
+def oracle_rewards(policy: ModelConfig, run_dir: str | Path, *, split: str = "eval", max_new_tokens: int = 64,
+                   progress: bool = False) -> list[dict]:
+    """Greedy answers of ``policy`` to the miniature world's ``split`` prompts, judged by the oracle: one row per
+    prompt (category, reward, correct, length)."""
+    from simplemix.miniature.oracle import judge
+    from simplemix.miniature.world import build_world
+    from simplemix.sampling import generate, load_policy
+
+    tasks = build_world(run_dir, progress=False).tasks(split)
+    model, tokenizer = load_policy(policy, run_dir)
+    answers = generate(model, tokenizer, [t.messages() for t in tasks], max_new_tokens=max_new_tokens,
+                       progress=progress)
+    rows = []
+    for task, samples in zip(tasks, answers):
+        verdict = judge(task, samples[0].text)
+        rows.append({"category": task.category, "reward": verdict.reward, "correct": verdict.correct,
+                     "tokens": samples[0].num_tokens})
+    return rows
+
+
+def miniature_results(prof: Profile, run_dir: str | Path, methods=METHODS, *, on_fraction: float | None = None,
+                      progress: bool = False):
+    """Mean oracle reward per category on the held-out split for the SFT policy and each trained method
+    (a pandas table: rows are methods, columns categories plus ``all``)."""
+    import pandas as pd
+
+    policies = {"sft": prof.policies[0]}
+    for method in methods:
+        entry = run_method(prof, run_dir, method, on_fraction=on_fraction, progress=progress)
+        policies[method] = dataclasses.replace(prof.policies[0], name_or_path=str(entry.path))
+    frames = []
+    for name, policy in policies.items():
+        rows = pd.DataFrame(oracle_rewards(policy, run_dir, max_new_tokens=prof.evaluation.max_new_tokens))
+        means = rows.groupby("category")["reward"].mean()
+        means["all"] = rows["reward"].mean()
+        frames.append(means.rename(name))
+    return pd.DataFrame(frames)

@@ -2,8 +2,9 @@
 
 TRL does the training. This module adds what it lacks: reference log-probs computed once per (policy, pair set,
 max_length) and shared by every experiment on those pairs (stage ``ref-logps``); implicit-reward margins and
-accuracies split by pair source (``rewards/margins_on``, ``rewards/accuracies_off``, ...); and a ``train``
-stage whose checkpoints live outside the store's temp dir, so a killed run resumes where it stopped.
+accuracies split by pair source (``rewards/margins_on``, ``rewards/accuracies_off``, ...); HyPO's online KL
+term (``HyPOTrainer``); and a ``train`` stage whose checkpoints live outside the store's temp dir, so a killed
+run resumes where it stopped, and which under ``accelerate launch`` trains on every rank and stores once.
 """
 
 from __future__ import annotations

@@ -77,3 +77,14 @@ def test_lora_results_load_as_merged_models_for_sampling_and_the_next_round(run_
     assert type(model) is type(base)  # merged: a plain causal LM, no PEFT wrapper
     moved = [(a - b).abs().max().item() for a, b in zip(model.parameters(), base.parameters())]
     assert max(moved) > 0
+
+
+def test_miniature_results_table_has_every_method_and_category(run_dir):
+    prof = load_profile("smoke", SMALL + ["training.dpo_mix_p.rounds=2", "evaluation.max_new_tokens=8"])
+    table = experiments.miniature_results(prof, run_dir, methods=("off", "simplemix"))
+    assert list(table.index) == ["sft", "off", "simplemix"]
+    assert list(table.columns) == ["coding", "creative", "math", "recommendation", "all"]
+    rows = experiments.oracle_rewards(prof.policies[0], run_dir, max_new_tokens=8)
+    by_hand = sum(r["reward"] for r in rows if r["category"] == "math") / sum(r["category"] == "math" for r in rows)
+    assert table.loc["sft", "math"] == pytest.approx(by_hand)
+    assert len(rows) == 4 * 3 and all(0 <= r["tokens"] <= 8 for r in rows)
