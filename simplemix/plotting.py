@@ -62,23 +62,35 @@ def provenance(fig, profile: str, models: str, note: str = "") -> None:
     fig.text(0.01, 0.005, text + (f" | {note}" if note else ""), fontsize=7, color="#555555", ha="left", va="bottom")
 
 
+def _yerr(rows, value: str, error: str | None, interval: tuple[str, str] | None):
+    """Symmetric errors from one column, or asymmetric ones from (low, high) interval columns."""
+    import numpy as np
+
+    if interval:
+        lo, hi = interval
+        return np.vstack([rows[value] - rows[lo], rows[hi] - rows[value]])
+    return rows[error].to_numpy() if error else None
+
+
 def bars_by_category(table, value: str, group: str, *, ax=None, error: str | None = None,
-                     categories: Sequence[str] | None = None, ylabel: str | None = None):
-    """Grouped bars: one group of bars per category, one bar per ``group`` value (a pandas long table)."""
+                     interval: tuple[str, str] | None = None, categories: Sequence[str] | None = None,
+                     ylabel: str | None = None, category: str = "category"):
+    """Grouped bars: one group of bars per category, one bar per ``group`` value (a pandas long table); error
+    bars from an ``error`` column or from ``interval`` = (low, high) columns such as bootstrap 95% CIs."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3.6))
-    categories = list(categories or dict.fromkeys(table["category"]))
+    categories = list(categories or dict.fromkeys(table[category]))
     groups = list(dict.fromkeys(table[group]))
     width = 0.8 / len(groups)
     x = np.arange(len(categories))
     for i, name in enumerate(groups):
-        rows = table[table[group] == name].set_index("category").reindex(categories)
-        yerr = rows[error].to_numpy() if error else None
+        rows = table[table[group] == name].set_index(category).reindex(categories)
+        yerr = _yerr(rows, value, error, interval)
         ax.bar(x + (i - (len(groups) - 1) / 2) * width, rows[value].to_numpy(), width, yerr=yerr,
-               label=str(name), color=color_for(str(name), i), capsize=2 if error else 0)
+               label=str(name), color=color_for(str(name), i), capsize=2 if yerr is not None else 0)
     ax.set_xticks(x, [CATEGORY_LABELS.get(c, c) for c in categories])
     ax.set_ylabel(ylabel or value)
     ax.legend(fontsize=8, ncols=min(len(groups), 6), frameon=False, loc="upper left", bbox_to_anchor=(0, 1.16))
@@ -100,5 +112,52 @@ def distributions(table, value: str, group: str, *, ax=None, bins: int = 30, xla
     ax.set_xlabel(xlabel or value)
     ax.set_ylabel("density")
     ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def lines_by_bin(table, value: str, group: str, *, interval: tuple[str, str] | None = None, bins: str = "bin",
+                 ax=None, xlabel: str = "generation length (characters)", ylabel: str | None = None):
+    """One line per ``group`` value across ordered bins (e.g. win rate by generation length, the paper's
+    Figure 3), with interval error bars; points are offset a little so overlapping intervals stay readable."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4))
+    order = list(dict.fromkeys(table[bins]))
+    groups = list(dict.fromkeys(table[group]))
+    x = np.arange(len(order))
+    for i, name in enumerate(groups):
+        rows = table[table[group] == name].set_index(bins).reindex(order)
+        offset = (i - (len(groups) - 1) / 2) * 0.08
+        ax.errorbar(x + offset, rows[value], yerr=_yerr(rows, value, None, interval), marker="o", markersize=4,
+                    capsize=2, linewidth=1.4, label=str(name), color=color_for(str(name), i))
+    ax.set_xticks(x, order)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or value)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def delta_points(table, value: str, *, interval: tuple[str, str] | None = None, label: str = "group", ax=None,
+                 xlabel: str = "on-policy minus off-policy (points)"):
+    """Horizontal point-and-interval plot of differences per row (e.g. on-minus-off per category), with a zero line:
+    an interval that crosses zero is no evidence of a difference."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = table.reset_index()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    xerr = _yerr(rows, value, None, interval)
+    colors = [COLORS["on-policy"] if v > 0 else COLORS["off-policy"] for v in rows[value]]
+    ax.errorbar(rows[value], y, xerr=xerr, fmt="none", ecolor="#888888", capsize=2)
+    ax.scatter(rows[value], y, color=colors, zorder=3, s=18)
+    ax.axvline(0, color="#444444", linewidth=0.8)
+    ax.set_yticks(y, [CATEGORY_LABELS.get(str(v), str(v)) for v in rows[label]])
+    ax.set_xlabel(xlabel)
     ax.spines[["top", "right"]].set_visible(False)
     return ax
