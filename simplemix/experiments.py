@@ -233,3 +233,69 @@ def miniature_results(prof: Profile, run_dir: str | Path, methods=METHODS, *, on
         means["all"] = rows["reward"].mean()
         frames.append(means.rename(name))
     return pd.DataFrame(frames)
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+def make_judge(prof: Profile, run_dir: str | Path):
+    """The judge ``evaluation.judge`` names: the miniature oracle, a local reward model (a proxy), or
+    alpaca_eval's official GPT-4-turbo annotator."""
+    from simplemix.config import RewardConfig
+    from simplemix.evaluation import AlpacaEvalJudge, ScoreJudge
+    from simplemix.reward import load_reward_model
+
+    judge = prof.evaluation.judge
+    if judge == "oracle":
+        oracle = RewardConfig(model=ModelConfig(name_or_path="miniature:oracle"))
+        return ScoreJudge(load_reward_model(oracle, run_dir), name="miniature oracle")
+    if judge == "reward_model":
+        return ScoreJudge(load_reward_model(prof.reward, run_dir),
+                          name=f"reward-model proxy ({prof.reward.model.name_or_path}; not leaderboard-comparable)")
+    return AlpacaEvalJudge()
+
+
+def evaluate_policy(prof: Profile, run_dir: str | Path, policy: ModelConfig, name: str, *,
+                    progress: bool = True) -> Entry:
+    """Stage ``evaluation``: greedy outputs of ``policy`` on the evaluation prompts (AlpacaEval's 805, or the
+    miniature world's held-out split) in alpaca_eval's ``model_outputs.json``, and the judge's
+    ``annotations.json`` against the baseline."""
+    import json
+
+    from simplemix.config import SamplingConfig
+    from simplemix.evaluation import baseline_outputs, model_outputs, win_rate, write_model_outputs
+    from simplemix.onpolicy import _world_inputs
+    from simplemix.sampling import load_backend
+
+    miniature = prof.datasets[0].format == "miniature"
+    ev = prof.evaluation
+    sampling = dataclasses.replace(SamplingConfig(), backend=prof.sampling.backend,
+                                   batch_token_budget=prof.sampling.batch_token_budget,
+                                   tensor_parallel_size=prof.sampling.tensor_parallel_size, seed=prof.sampling.seed)
+    config = {"policy": dataclasses.asdict(policy), "max_new_tokens": ev.max_new_tokens,
+              "num_prompts": ev.num_prompts, "judge": ev.judge, "backend": sampling.backend,
+              "prompts": "miniature-eval" if miniature else "alpaca_eval_805",
+              "judge_model": dataclasses.asdict(prof.reward.model) if ev.judge == "reward_model" else None}
+    inputs = _world_inputs("miniature:sft-policy", run_dir) if miniature else {}
+
+    def compute(out: Path) -> dict:
+        baseline = baseline_outputs(run_dir, miniature=miniature)
+        backend = load_backend(sampling, policy, run_dir)
+        outputs = model_outputs(backend, name, baseline, max_new_tokens=ev.max_new_tokens,
+                                num_prompts=ev.num_prompts, seed=sampling.seed, progress=progress)
+        del backend
+        write_model_outputs(outputs, out / "model_outputs.json")
+        judge = make_judge(prof, run_dir)
+        table = judge.annotate(outputs, baseline)
+        (out / "annotations.json").write_text(table.to_json(orient="records", force_ascii=False, indent=1))
+        wr = win_rate(table)
+        return {"name": name, "judge": judge.name, "leaderboard_comparable": judge.comparable_with_leaderboard,
+                "prompts": len(outputs), "win_rate": wr.win_rate, "standard_error": wr.standard_error}
+
+    return RunStore(run_dir).run("evaluation", compute, config, inputs,
+                                 code_version=default_code_version(evaluate_policy))
+
+
+def load_evaluation(entry: Entry):
+    """The annotation table of an ``evaluation`` entry."""
+    import pandas as pd
+
+    return pd.read_json(entry.path / "annotations.json", orient="records")

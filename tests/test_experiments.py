@@ -2,6 +2,7 @@
 rounds chained through the store, and LoRA results loading as merged models."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -88,3 +89,25 @@ def test_miniature_results_table_has_every_method_and_category(run_dir):
     by_hand = sum(r["reward"] for r in rows if r["category"] == "math") / sum(r["category"] == "math" for r in rows)
     assert table.loc["sft", "math"] == pytest.approx(by_hand)
     assert len(rows) == 4 * 3 and all(0 <= r["tokens"] <= 8 for r in rows)
+
+
+def test_evaluation_stage_writes_alpaca_eval_files_and_oracle_annotations(run_dir):
+    from simplemix import evaluation
+
+    prof = load_profile("smoke", SMALL + ["evaluation.max_new_tokens=8"])
+    entry = experiments.evaluate_policy(prof, run_dir, prof.policies[0], "sft", progress=False)
+    outputs = json.loads((entry.path / "model_outputs.json").read_text())
+    assert set(outputs[0]) == {"instruction", "output", "generator", "dataset"} and len(outputs) == 4 * 3
+    table = experiments.load_evaluation(entry)
+    assert len(table) == 12 and table["preference"].between(1, 2).all()
+    # the oracle's verdicts by hand: preference = 1 + sigmoid(r_model - r_baseline)
+    from simplemix.miniature.oracle import judge as oracle
+    from simplemix.miniature.world import build_world
+
+    tasks = {t.prompt: t for t in build_world(run_dir, progress=False).tasks("eval")}
+    row = table.iloc[0]
+    gap = oracle(tasks[row.instruction], row.output_2).reward - oracle(tasks[row.instruction], row.output_1).reward
+    assert row.preference == pytest.approx(1 + 1 / (1 + math.exp(-gap)))
+    assert entry.manifest["info"]["win_rate"] == pytest.approx(evaluation.win_rate(table).win_rate)
+    assert not entry.manifest["info"]["leaderboard_comparable"]
+    assert experiments.evaluate_policy(prof, run_dir, prof.policies[0], "sft", progress=False).hit
