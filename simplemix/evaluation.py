@@ -67,7 +67,12 @@ def baseline_outputs(run_dir: str | Path | None = None, miniature: bool = False)
         return [dict(r) for r in _baseline_rows()]
     from simplemix.miniature.world import build_world
 
-    return [r | {"dataset": r["category"]} for r in build_world(run_dir, progress=False).baseline_responses()]
+    rows = build_world(run_dir, progress=False).baseline_responses()
+    # the miniature split can draw an open-ended prompt twice; tables are keyed by instruction: keep the first
+    first: dict[str, dict] = {}
+    for r in rows:
+        first.setdefault(r["instruction"], r | {"dataset": r["category"]})
+    return list(first.values())
 
 
 def model_outputs(backend, generator: str, rows: list[dict] | None = None, *, max_new_tokens: int = 2048,
@@ -102,6 +107,11 @@ class Judge(Protocol):
 def _pair_up(outputs: list[dict], baseline: list[dict]) -> pd.DataFrame:
     """Model and baseline outputs joined on the instruction; an instruction without a baseline output is an error."""
     base = {r["instruction"]: r for r in baseline}
+    seen: set[str] = set()
+    repeated = [i for i, r in enumerate(outputs) if r["instruction"] in seen or seen.add(r["instruction"])]
+    if repeated:
+        raise ValueError(f"model outputs rows {repeated[:5]} repeat an instruction (annotations are keyed by "
+                         f"instruction text), e.g. {outputs[repeated[0]]['instruction'][:80]!r}")
     missing = [i for i, r in enumerate(outputs) if r["instruction"] not in base]
     if missing:
         raise ValueError(f"model outputs rows {missing[:5]} (of {len(missing)}) have no baseline output for "

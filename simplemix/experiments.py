@@ -290,8 +290,10 @@ def evaluate_policy(prof: Profile, run_dir: str | Path, policy: ModelConfig, nam
         return {"name": name, "judge": judge.name, "leaderboard_comparable": judge.comparable_with_leaderboard,
                 "prompts": len(outputs), "win_rate": wr.win_rate, "standard_error": wr.standard_error}
 
-    return RunStore(run_dir).run("evaluation", compute, config, inputs,
-                                 code_version=default_code_version(evaluate_policy))
+    import simplemix.evaluation as evaluation_module
+
+    code = f"{default_code_version(evaluate_policy)}+{default_code_version(evaluation_module).split('+')[-1]}"
+    return RunStore(run_dir).run("evaluation", compute, config, inputs, code_version=code)
 
 
 def load_evaluation(entry: Entry):

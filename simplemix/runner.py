@@ -75,3 +75,17 @@ def build_book(run_dir: str | Path = "runs/smoke") -> int:
     if rc == 0:
         print(f"book: {(run_dir / '_build' / 'html' / 'index.html').resolve()}")
     return rc
+
+
+def record(run_dir: str | Path, chapter: str, values: dict) -> Path:
+    """Merge a chapter's headline numbers into ``<run_dir>/results.json`` (what the book's prose quotes)."""
+    import json
+
+    path = Path(run_dir) / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[chapter] = {**results.get(chapter, {}), **values}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True, default=float) + "\n")
+    tmp.replace(path)
+    return path

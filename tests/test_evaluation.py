@@ -231,3 +231,10 @@ def test_model_outputs_are_greedy_and_in_alpaca_eval_format(tmp_path):
     assert rows[0]["instruction"] == ev.alpaca_eval_set()["instruction"][0] and rows[2]["output"] == "answer 2"
     path = ev.write_model_outputs(rows, tmp_path / "model_outputs.json")
     assert pd.read_json(path).shape == (3, 4)
+
+
+def test_repeated_instructions_are_an_error_naming_the_rows():
+    baseline = [{"instruction": "a", "output": "x"}]
+    outputs = [{"instruction": "a", "output": "y"}, {"instruction": "a", "output": "z"}]
+    with pytest.raises(ValueError, match=r"rows \[1\] repeat an instruction"):
+        ev.ScoreJudge(FakeScorer({})).annotate(outputs, baseline)
