@@ -162,6 +162,7 @@ class AlpacaEvalJudge:
         self._annotator = PairwiseAnnotator(annotators_config=annotators_config)
 
     def annotate(self, outputs: list[dict], baseline: list[dict]) -> pd.DataFrame:
+        _pair_up(outputs, baseline)  # the same checks as the local judges, before any paid API call
         base = {r["instruction"]: r for r in baseline}
         rows = self._annotator.annotate_head2head(outputs_1=[base[r["instruction"]] for r in outputs],
                                                   outputs_2=outputs)

@@ -238,3 +238,29 @@ def test_repeated_instructions_are_an_error_naming_the_rows():
     outputs = [{"instruction": "a", "output": "y"}, {"instruction": "a", "output": "z"}]
     with pytest.raises(ValueError, match=r"rows \[1\] repeat an instruction"):
         ev.ScoreJudge(FakeScorer({})).annotate(outputs, baseline)
+
+
+def test_official_judge_hands_baseline_and_model_outputs_to_alpaca_eval(monkeypatch):
+    import types
+
+    calls = {}
+
+    class PairwiseAnnotator:
+        def __init__(self, annotators_config):
+            calls["config"] = annotators_config
+
+        def annotate_head2head(self, outputs_1, outputs_2):
+            calls["pairs"] = [(a["output"], b["output"]) for a, b in zip(outputs_1, outputs_2)]
+            return [{"instruction": b["instruction"], "output_1": a["output"], "output_2": b["output"],
+                     "preference": 1.75} for a, b in zip(outputs_1, outputs_2)]
+
+    package = types.ModuleType("alpaca_eval")
+    package.annotators = types.SimpleNamespace(PairwiseAnnotator=PairwiseAnnotator)
+    monkeypatch.setitem(sys.modules, "alpaca_eval", package)
+    monkeypatch.setitem(sys.modules, "alpaca_eval.annotators", package.annotators)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
+    judge = ev.AlpacaEvalJudge()
+    table = judge.annotate([{"instruction": "b", "output": "mine"}],
+                           [{"instruction": "a", "output": "base-a"}, {"instruction": "b", "output": "base-b"}])
+    assert calls == {"config": "weighted_alpaca_eval_gpt4_turbo", "pairs": [("base-b", "mine")]}
+    assert ev.win_rate(table).win_rate == pytest.approx(75.0) and judge.comparable_with_leaderboard
