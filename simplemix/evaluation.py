@@ -203,10 +203,12 @@ def _published_difficulty() -> pd.Series | None:
     return pd.Series(values.to_numpy(dtype=float), index=[instructions[int(i)] for i in values.index])
 
 
-def derive_difficulty(compact: pd.DataFrame | None = None, iterations: int = 200) -> pd.Series:
+def derive_difficulty(compact: pd.DataFrame | None = None, iterations: int = 200,
+                      instructions: Sequence[str] | None = None) -> pd.Series:
     """Per-instruction difficulty from the bundled annotations of 50 generators: the instruction effects d_i of a
     joint logistic model, logit P = quality_m + slope_m * tanh(delta_len / sd_m) + d_i, fitted to the soft labels
-    by L-BFGS and centred to mean zero. Indexed by instruction text."""
+    by L-BFGS and centred to mean zero. Indexed by instruction text (``instructions[instruction_index]``, default
+    AlpacaEval's canonical order)."""
     import torch
 
     if compact is None:
@@ -235,7 +237,7 @@ def derive_difficulty(compact: pd.DataFrame | None = None, iterations: int = 200
 
     opt.step(loss)
     values = (d - d.mean()).detach().numpy()
-    instructions = [r["instruction"] for r in _baseline_rows()]
+    instructions = list(instructions) if instructions is not None else [r["instruction"] for r in _baseline_rows()]
     return pd.Series(values, index=instructions[:len(values)], name="instruction_difficulty")
 
 
@@ -377,10 +379,15 @@ def by_group(table: pd.DataFrame, groups: pd.Series | dict, lc: LengthControlled
     return pd.DataFrame(rows).set_index("group")
 
 
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """The labels of the bins between consecutive edges, in order: "0-500", ..., "3000+"."""
+    return [f"{int(a)}-{int(b)}" if np.isfinite(b) else f"{int(a)}+" for a, b in zip(edges[:-1], edges[1:])]
+
+
 def length_bins(table: pd.DataFrame, edges: Sequence[float] = (0, 500, 1000, 1500, 2000, 3000, np.inf)) -> pd.Series:
     """Instruction -> the length bin (characters of the model's output) it falls in, labelled like "500-1000"."""
     lengths = _lengths(table)[1]
-    labels = [f"{int(a)}-{int(b)}" if np.isfinite(b) else f"{int(a)}+" for a, b in zip(edges[:-1], edges[1:])]
+    labels = bin_labels(edges)
     bins = pd.cut(lengths, bins=list(edges), labels=labels, right=False)
     return pd.Series(bins.astype(str).to_numpy(), index=table["instruction"].to_numpy())
 

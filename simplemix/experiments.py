@@ -301,3 +301,94 @@ def load_evaluation(entry: Entry):
     import pandas as pd
 
     return pd.read_json(entry.path / "annotations.json", orient="records")
+
+
+def is_miniature(prof: Profile) -> bool:
+    return prof.datasets[0].format == "miniature"
+
+
+def prompt_groups(prof: Profile, table):
+    """Instruction -> category for an annotation table: the miniature task category, or the shipped WildChat
+    label of the AlpacaEval prompt."""
+    import pandas as pd
+
+    if is_miniature(prof):
+        return pd.Series(table["dataset"].to_numpy(), index=table["instruction"].to_numpy())
+    from simplemix.categories import categories_of
+
+    return pd.Series(categories_of(list(table["instruction"])), index=table["instruction"].to_numpy())
+
+
+def shown_categories(prof: Profile) -> dict[str, str]:
+    """The four categories the paper reports, as {category: short label}, in the profile's prompt world."""
+    if is_miniature(prof):
+        from simplemix.plotting import CATEGORY_LABELS
+
+        return dict(CATEGORY_LABELS)
+    from simplemix.categories import PAPER_CATEGORIES
+
+    return {category: short for short, category in PAPER_CATEGORIES.items()}
+
+
+def miniature_pool_annotations(run_dir: str | Path, seed: int = 0):
+    """Every pool generator's answer to every held-out miniature prompt, judged by the oracle against the baseline
+    (preference 1 + sigmoid of the reward gap): the miniature counterpart of AlpacaEval's 50 bundled generators."""
+    import math
+    import random
+
+    import pandas as pd
+
+    from simplemix.evaluation import baseline_outputs
+    from simplemix.miniature import generators
+    from simplemix.miniature.oracle import judge
+    from simplemix.miniature.world import build_world
+
+    baseline = baseline_outputs(run_dir, miniature=True)
+    tasks = {t.prompt: t for t in build_world(run_dir, progress=False).tasks("eval")}
+    rng, rows = random.Random(seed), []
+    for style in generators.POOL:
+        for index, base in enumerate(baseline):
+            task = tasks[base["instruction"]]
+            answer = generators.respond(style, task, rng)
+            gap = judge(task, answer).reward - judge(task, base["output"]).reward
+            rows.append({"generator_2": style.name, "instruction_index": index, "instruction": base["instruction"],
+                         "len_1": len(base["output"]), "len_2": len(answer),
+                         "preference": 1 + 1 / (1 + math.exp(-gap))})
+    return pd.DataFrame(rows)
+
+
+def miniature_difficulty(run_dir: str | Path, seed: int = 0):
+    """Instruction difficulty of the held-out miniature prompts, derived as AlpacaEval's offline one is: the
+    instruction effects of the joint model fitted to :func:`miniature_pool_annotations`."""
+    from simplemix.evaluation import baseline_outputs, derive_difficulty
+
+    instructions = [b["instruction"] for b in baseline_outputs(run_dir, miniature=True)]
+    return derive_difficulty(miniature_pool_annotations(run_dir, seed), instructions=instructions)
+
+
+def lc_of(prof: Profile, table, run_dir: str | Path | None = None):
+    """The LC win rate of an annotation table with the difficulty its prompts have: alpaca_eval's (published or
+    derived) for AlpacaEval; for miniature prompts, derived from the pool's generators (:func:`miniature_difficulty`)."""
+    from simplemix.evaluation import instruction_difficulty, length_controlled
+
+    if is_miniature(prof):
+        if run_dir is None:
+            raise ValueError("the LC of miniature prompts needs the run_dir of their world")
+        return length_controlled(table, miniature_difficulty(run_dir),
+                                 "derived from the miniature pool's generators (oracle judge)")
+    return length_controlled(table, *instruction_difficulty())
+
+
+def evaluate_methods(prof: Profile, run_dir: str | Path, methods: dict[str, str | None], *,
+                     on_fraction: float | None = None, progress: bool = False) -> dict:
+    """Train (or fetch) and evaluate each method; {label: (evaluation entry, annotation table)}. ``methods`` maps a
+    display label to a method name, or to None for the SFT policy itself."""
+    out = {}
+    for label, method in methods.items():
+        policy = prof.policies[0]
+        if method is not None:
+            trained = run_method(prof, run_dir, method, on_fraction=on_fraction, progress=progress)
+            policy = dataclasses.replace(policy, name_or_path=str(trained.path))
+        entry = evaluate_policy(prof, run_dir, policy, label, progress=progress)
+        out[label] = (entry, load_evaluation(entry))
+    return out

@@ -33,9 +33,11 @@ def book_style() -> None:
     pd.set_option("display.max_colwidth", 90)
     pd.set_option("display.width", 140)
     try:
+        import datasets
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()  # "Flattening the indices" and friends are not part of a chapter
     except ImportError:
         pass
 

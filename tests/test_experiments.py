@@ -112,3 +112,23 @@ def test_evaluation_stage_writes_alpaca_eval_files_and_oracle_annotations(run_di
     assert entry.manifest["info"]["win_rate"] == pytest.approx(evaluation.win_rate(table).win_rate)
     assert not entry.manifest["info"]["leaderboard_comparable"]
     assert experiments.evaluate_policy(prof, run_dir, prof.policies[0], "sft", progress=False).hit
+
+
+def test_miniature_difficulty_orders_prompts_by_how_often_the_pool_beats_the_baseline(run_dir):
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from simplemix.evaluation import baseline_outputs
+
+    difficulty = experiments.miniature_difficulty(run_dir)
+    assert list(difficulty.index) == [b["instruction"] for b in baseline_outputs(run_dir, miniature=True)]
+    assert abs(difficulty.mean()) < 1e-6 and difficulty.std() > 0
+    # the instruction effect must track the pool's mean preference per prompt (it is that, net of length)
+    prof = load_profile("smoke", SMALL + ["evaluation.max_new_tokens=8"])
+    table = experiments.load_evaluation(experiments.evaluate_policy(prof, run_dir, prof.policies[0], "sft",
+                                                                    progress=False))
+    lc = experiments.lc_of(prof, table, run_dir)
+    assert lc.difficulty_source.startswith("derived from the miniature pool")
+    assert isinstance(lc.predicted, pd.Series) and set(lc.predicted.index) == set(table["instruction"])
+    pool = experiments.miniature_pool_annotations(run_dir).groupby("instruction")["preference"].mean()
+    assert spearmanr(difficulty.to_numpy(), pool.loc[difficulty.index].to_numpy()).statistic > 0.8
