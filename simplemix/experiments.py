@@ -392,3 +392,34 @@ def evaluate_methods(prof: Profile, run_dir: str | Path, methods: dict[str, str 
         entry = evaluate_policy(prof, run_dir, policy, label, progress=progress)
         out[label] = (entry, load_evaluation(entry))
     return out
+
+
+def benchmark_policy(prof: Profile, run_dir: str | Path, policy: ModelConfig, *, include_path=None,
+                     limit: int | None = None) -> Entry:
+    """Stage ``benchmarks``: ``evaluation.benchmarks`` through lm-evaluation-harness for ``policy`` (a LoRA result
+    is evaluated as its base plus the adapter); ``results.json`` holds the tidy table and the paper's average."""
+    import json
+
+    from simplemix.harness import run_benchmarks, write_results
+    from simplemix.onpolicy import _world_inputs
+    from simplemix.sampling import resolve_model_path
+
+    tasks = list(prof.evaluation.benchmarks)
+    if not tasks:
+        raise ValueError(f"profile {prof.name!r} lists no evaluation.benchmarks")
+    path = resolve_model_path(policy.name_or_path, run_dir)
+    model, model_args = path, {}
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.exists():  # lm-eval's HF model applies the adapter itself
+        model, model_args = json.loads(adapter.read_text())["base_model_name_or_path"], {"peft": path}
+    config = {"policy": dataclasses.asdict(policy), "tasks": tasks, "limit": limit,
+              "include_path": str(include_path) if include_path else None}
+
+    def compute(out: Path) -> dict:
+        result = run_benchmarks(model, tasks, include_path=include_path, limit=limit, model_args=model_args,
+                                dtype=policy.torch_dtype if policy.torch_dtype != "auto" else "auto")
+        write_results(result, out / "results.json")
+        return {"average": result.average, "scores": result.scores()}
+
+    return RunStore(run_dir).run("benchmarks", compute, config, _world_inputs(policy.name_or_path, run_dir),
+                                 code_version=default_code_version(benchmark_policy))

@@ -132,3 +132,28 @@ def test_miniature_difficulty_orders_prompts_by_how_often_the_pool_beats_the_bas
     assert isinstance(lc.predicted, pd.Series) and set(lc.predicted.index) == set(table["instruction"])
     pool = experiments.miniature_pool_annotations(run_dir).groupby("instruction")["preference"].mean()
     assert spearmanr(difficulty.to_numpy(), pool.loc[difficulty.index].to_numpy()).statistic > 0.8
+
+
+def test_benchmark_stage_runs_lm_eval_on_full_and_lora_results(run_dir, monkeypatch):
+    from simplemix.harness import run_benchmarks
+
+    root = Path(__file__).resolve().parent.parent
+    tasks_dir = root / "tests" / "data" / "lm_eval_tasks"
+    monkeypatch.chdir(root)  # the tiny task names its data file relative to the repository root
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    prof = load_profile("smoke", SMALL + ["evaluation.benchmarks=[simplemix_tiny_mc]", "training.finetuning=lora",
+                                          "training.learning_rate=0.01"])
+    sft = experiments.benchmark_policy(prof, run_dir, prof.policies[0], include_path=tasks_dir)
+    stored = json.loads((sft.path / "results.json").read_text())
+    from simplemix.sampling import resolve_model_path
+
+    direct = run_benchmarks(resolve_model_path("miniature:sft-policy", run_dir), ["simplemix_tiny_mc"],
+                            include_path=tasks_dir, device="cpu")
+    assert sft.manifest["info"]["average"] == pytest.approx(direct.average)
+    assert stored["average"] == pytest.approx(direct.average)
+    lora = experiments.run_method(prof, run_dir, "off", progress=False)
+    tuned = experiments.benchmark_policy(prof, run_dir, ModelConfig(name_or_path=str(lora.path)),
+                                         include_path=tasks_dir)
+    assert 0.0 <= tuned.manifest["info"]["average"] <= 1.0 and tuned.key != sft.key
+    with pytest.raises(ValueError, match="lists no evaluation.benchmarks"):
+        experiments.benchmark_policy(load_profile("smoke"), run_dir, prof.policies[0])
