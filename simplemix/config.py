@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -280,6 +281,9 @@ def _check_field(f: dataclasses.Field, value: Any, source: str, path: str) -> No
         raise ConfigError(f"{source}: {path}: {value!r} is outside {bounds}")
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -303,6 +307,8 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
         return {_coerce(args[0], k, source, path): _coerce(args[1], v, source, f"{path}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{source}: {path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value

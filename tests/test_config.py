@@ -177,3 +177,12 @@ def test_cli_config_error_exits_2_with_message():
                         "--set", "sampling.num_samples=1"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "sampling.num_samples: 1 is outside >= 2" in r.stderr
+
+
+def test_exponent_without_a_dot_is_a_float_not_a_string():
+    load_profile, ConfigError = C.load_profile, C.ConfigError
+    # YAML 1.1 reads 1e-4 as a string; a user typing --set training.learning_rate=1e-4 means the number
+    prof = load_profile("smoke", ["training.learning_rate=1e-4", "training.beta=2E-1"])
+    assert prof.training.learning_rate == 1e-4 and prof.training.beta == 0.2
+    with pytest.raises(ConfigError, match="training.learning_rate: expected float, got str 'fast'"):
+        load_profile("smoke", ["training.learning_rate=fast"])
