@@ -1,0 +1,68 @@
+"""The batch and the book end to end on the smoke profile: every chapter executes through the runner, the book
+renders with warnings as errors, every chapter page exists with its figures and without error output, and a
+secret in the environment appears in nothing the run writes.
+
+The run uses the checkout's ``runs/smoke`` store, as ``make book`` does, so the notebooks executed later by
+``pytest --nbmake`` find every stage already computed.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from simplemix import runner
+
+SECRET = "sk-simplemix-test-secret-0123456789"
+SECRET_VARS = ("OPENAI_API_KEY", "HF_TOKEN", "WANDB_API_KEY")
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """Run every notebook with a fake secret in the environment, then build the book; returns the run dir."""
+    mp = pytest.MonkeyPatch()
+    for name in SECRET_VARS:
+        mp.setenv(name, SECRET)
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        assert runner.run_notebooks("smoke", runs_dir=runner.REPO / "runs") == 0
+        run_dir = runner.REPO / "runs" / "smoke"
+        assert runner.build_book(run_dir) == 0
+    finally:
+        mp.undo()
+    return run_dir
+
+
+def _pages(run_dir: Path) -> dict[str, Path]:
+    html = run_dir / "_build" / "html"
+    pages = {p.stem: html / "notebooks" / f"{p.stem}.html" for p in runner.notebooks()}
+    return pages | {"intro": html / "book" / "intro.html", "reproduce": html / "book" / "reproduce.html"}
+
+
+def test_every_chapter_page_exists_with_its_figures(smoke_book):
+    pages = _pages(smoke_book)
+    assert all(p.exists() for p in pages.values()), [k for k, p in pages.items() if not p.exists()]
+    for name in (p.stem for p in runner.notebooks()):
+        text = pages[name].read_text(encoding="utf-8")
+        images = re.findall(r'<img[^>]+src="([^"]+)"', text)
+        assert images, f"{name}: no figure on the page"
+        for src in images:
+            if not src.startswith("data:"):
+                assert (pages[name].parent / src).resolve().exists(), f"{name}: missing image {src}"
+        assert "Traceback (most recent call last)" not in text, f"{name}: a cell failed on the page"
+        assert "output_error" not in text and "cell_output error" not in text, f"{name}: error output shown"
+
+
+def test_every_chapter_records_its_headline_numbers(smoke_book):
+    results = json.loads((smoke_book / "results.json").read_text())
+    chapters = {p.stem for p in runner.notebooks()} - {"00_miniature_world"}
+    assert chapters <= set(results), sorted(chapters - set(results))
+
+
+def test_a_secret_in_the_environment_is_written_nowhere(smoke_book):
+    written = [p for p in smoke_book.rglob("*") if p.is_file() and p.suffix in
+               {".ipynb", ".json", ".html", ".txt", ".log", ".md", ".yaml", ".jsonl", ".csv"}]
+    assert len(written) > 20
+    leaks = [str(p) for p in written if SECRET in p.read_text(encoding="utf-8", errors="ignore")]
+    assert not leaks, leaks
