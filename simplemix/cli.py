@@ -74,7 +74,9 @@ def _run(args: argparse.Namespace) -> int:
     from simplemix import config, runner
 
     config.load_profile(args.profile)  # fail on a bad profile before anything executes
-    return runner.run_notebooks(args.profile, only=args.only, runs_dir=args.runs_dir)
+    gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
+    return runner.run_notebooks(args.profile, only=args.only, runs_dir=args.runs_dir, jobs=args.jobs, gpus=gpus,
+                                force=args.force)
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default="smoke")
     run.add_argument("--only", nargs="*", default=None, help="notebook names (or prefixes) to run")
     run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1)")
+    run.add_argument("--gpus", default=None, help="comma-separated GPU ids; notebooks run in parallel, one per GPU")
+    run.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
     run.set_defaults(func=_run)
 
     book = sub.add_parser("book", help="render the executed notebooks of a run and the chapters to HTML")

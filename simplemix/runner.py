@@ -16,35 +16,123 @@ REPO = Path(__file__).resolve().parent.parent
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 
 
-def notebooks(only: list[str] | None = None) -> list[Path]:
+def notebooks(only: list[str] | None = None, source: Path | None = None) -> list[Path]:
     """The book's notebooks in order, optionally those whose name starts with one of ``only``."""
-    found = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    found = sorted((source or REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if only:
         found = [p for p in found if any(p.stem.startswith(o) or p.name == o for o in only)]
     return found
 
 
-def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | Path = "runs") -> int:
-    """Execute each notebook with ``profile`` injected; keep going past failures and summarize them."""
-    import papermill
+def _fingerprint(nb: Path, profile: str, run_dir: Path) -> str:
+    """What an executed notebook depends on besides the run store: its source, the package's code, the profile's
+    recipe and the parameters. A notebook whose fingerprint is unchanged since it last completed is skipped."""
+    import hashlib
 
-    run_dir = (Path(runs_dir) / profile).resolve()
-    out_dir = run_dir / "notebooks"
+    from simplemix.config import recipes_dir
+
+    digest = hashlib.sha256()
+    recipe = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else recipes_dir() / f"{profile}.yaml"
+    for path in [nb, recipe, *sorted((REPO / "simplemix").rglob("*.py"))]:
+        digest.update(path.read_bytes() if path.exists() else b"")
+    digest.update(f"{profile}\0{run_dir}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _failed_cell(executed: Path) -> str:
+    """'cell N: Ename: evalue' of the first cell with an error output; N counts the source notebook's cells from 1
+    (papermill's injected-parameters cell is not one of them)."""
+    import json
+
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return "the notebook did not start (see the log)"
+    added = {"injected-parameters", "papermill-error-cell-tag"}  # papermill's own cells are not the notebook's
+    cells = [c for c in cells if not added & set(c.get("metadata", {}).get("tags", []))]
+    for number, cell in enumerate(cells, 1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"cell {number}: {out.get('ename')}: {out.get('evalue')}"
+    return "no error cell (killed or timed out? see the log)"
+
+
+def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | Path = "runs", *, jobs: int = 1,
+                  gpus: list[str] | None = None, force: bool = False, source: Path | None = None) -> int:
+    """Execute each notebook with papermill, ``profile`` and ``run_dir`` injected, into ``runs/<profile>/``.
+
+    Each notebook runs in its own process with its log in ``logs/<name>.log``; ``jobs`` run at once, each pinned
+    to one of ``gpus`` (``CUDA_VISIBLE_DEVICES``) when given. Stages shared between notebooks are computed once
+    through the run store (its locks serialise concurrent requests). A notebook that completed with the same
+    source, code, recipe and parameters is skipped unless ``force``, so a killed batch resumes where it stopped.
+    Keeps going past failures and ends with a summary of each (notebook, cell, error, log).
+    """
+    import json
+    import os
+    import queue
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    run_dir = (Path(runs_dir) / Path(profile).stem).resolve()
+    out_dir, log_dir = run_dir / "notebooks", run_dir / "logs"
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = notebooks(only)
-    failures = []
-    for i, nb in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {nb.name} (profile {profile})", flush=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    done_file = out_dir / ".completed.json"
+    done = json.loads(done_file.read_text()) if done_file.exists() else {}
+    todo = notebooks(only, source)
+    workers = len(gpus) if gpus else max(1, jobs)
+    free = queue.Queue()  # GPU ids (or None) not in use: a notebook takes one while it runs
+    for slot in (gpus or [None] * workers):
+        free.put(slot)
+
+    def execute(nb: Path) -> tuple[Path, int, float]:
+        slot = free.get()
+        env = dict(os.environ)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / nb.name), "-p", "profile", profile,
+               "-p", "run_dir", str(run_dir), "--cwd", str(source or REPO / "notebooks"), "-k", "python3", "--log-output",
+               "--no-progress-bar"]
         start = time.time()
         try:
-            papermill.execute_notebook(
-                str(nb), str(out_dir / nb.name), parameters={"profile": profile, "run_dir": str(run_dir)},
-                cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=True,
-            )
-        except papermill.PapermillExecutionError as e:
-            failures.append(f"{nb.name}: cell {e.exec_count}: {e.ename}: {e.evalue}")
-        print(f"    {time.time() - start:.1f} s", flush=True)
-    print(f"{len(todo) - len(failures)} of {len(todo)} notebooks executed into {out_dir}")
+            with open(log_dir / f"{nb.stem}.log", "w") as log:
+                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            free.put(slot)
+        return nb, rc, time.time() - start
+
+    failures, skipped = [], []
+    pending = []
+    for nb in todo:
+        fingerprint = _fingerprint(nb, profile, run_dir)
+        if not force and done.get(nb.name) == fingerprint and (out_dir / nb.name).exists():
+            skipped.append(nb.name)
+        else:
+            pending.append((nb, fingerprint))
+    if skipped:
+        print(f"up to date, skipped: {', '.join(skipped)}", flush=True)
+    bar = tqdm(total=len(pending), desc=f"notebooks ({profile})", unit="nb", disable=not pending)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {}
+        for i, (nb, fingerprint) in enumerate(pending):
+            futures[pool.submit(execute, nb)] = fingerprint
+            if i == 0 and workers > 1 and nb.name.startswith("00"):
+                # chapter 00 builds the shared world: let it start first so the others wait on its stages' locks
+                time.sleep(2)
+        for future in as_completed(futures):
+            nb, rc, seconds = future.result()
+            bar.update(1)
+            if rc == 0:
+                done[nb.name] = futures[future]
+                tqdm.write(f"ok      {nb.name}  {seconds:.1f} s")
+            else:
+                done.pop(nb.name, None)
+                failures.append(f"{nb.name}: {_failed_cell(out_dir / nb.name)} (log: {log_dir / (nb.stem + '.log')})")
+                tqdm.write(f"FAILED  {nb.name}  {seconds:.1f} s")
+            done_file.write_text(json.dumps(done, indent=1, sort_keys=True))
+    bar.close()
+    print(f"{len(todo) - len(failures)} of {len(todo)} notebooks up to date in {out_dir}")
     for line in failures:
         print(f"FAILED {line}", file=sys.stderr)
     return 1 if failures else 0
