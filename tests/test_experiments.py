@@ -157,3 +157,21 @@ def test_benchmark_stage_runs_lm_eval_on_full_and_lora_results(run_dir, monkeypa
     assert 0.0 <= tuned.manifest["info"]["average"] <= 1.0 and tuned.key != sft.key
     with pytest.raises(ValueError, match="lists no evaluation.benchmarks"):
         experiments.benchmark_policy(load_profile("smoke"), run_dir, prof.policies[0])
+
+
+def test_a_new_mixture_ratio_computes_only_its_own_stages(run_dir):
+    from collections import Counter
+
+    prof = load_profile("smoke", SMALL + ["evaluation.max_new_tokens=8"])
+
+    def stages():
+        return Counter(p.parent.parent.name for p in (run_dir / "stages").glob("*/*/manifest.json"))
+
+    for r in (0.0, 0.5):
+        experiments.evaluate_methods(prof, run_dir, {f"r={r}": "simplemix"}, on_fraction=r)
+    before = stages()
+    experiments.evaluate_methods(prof, run_dir, {"r=0.5": "simplemix"}, on_fraction=0.5)
+    assert stages() == before, "rerunning a ratio recomputed something"
+    experiments.evaluate_methods(prof, run_dir, {"r=0.25": "simplemix"}, on_fraction=0.25)
+    # the new mix's reference log-probs, its training run and its evaluation; nothing upstream
+    assert stages() - before == Counter({"ref-logps": 1, "train": 1, "evaluation": 1})
