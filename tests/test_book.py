@@ -67,3 +67,56 @@ def test_a_secret_in_the_environment_is_written_nowhere(smoke_book):
     assert len(written) > 20
     leaks = [str(p) for p in written if SECRET in p.read_text(encoding="utf-8", errors="ignore")]
     assert not leaks, leaks
+
+
+# ----------------------------------------------------------------------------------------- headless Chromium
+HARNESS = """<!doctype html><html><body><pre id="result">pending</pre>
+<iframe id="page" src="{url}" width="1200" height="900"></iframe>
+<script>
+const frame = document.getElementById("page");
+frame.addEventListener("load", () => {{
+  const doc = frame.contentDocument;
+  const images = Array.from(doc.images);
+  const settled = images.map(i => i.complete ? Promise.resolve() : new Promise(r => {{ i.onload = r; i.onerror = r; }}));
+  Promise.all(settled).then(() => {{
+    const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
+    const errors = doc.querySelectorAll(".output.traceback, .output.error, .output_error").length;
+    document.getElementById("result").textContent = JSON.stringify({{images: images.length, broken, errors}});
+  }});
+}});
+</script></body></html>"""
+
+
+def chromium_check(page: Path, tmp_path: Path) -> dict:
+    """Open ``page`` in headless Chromium and report its images, those that failed to load and error outputs."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("the rendered-book test needs Debian's chromium: apt-get install chromium (.ci/run does)")
+    harness = tmp_path / f"harness-{page.stem}.html"
+    harness.write_text(HARNESS.format(url=page.resolve().as_uri()))
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=20000", "--dump-dom", harness.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="result">([^<]*)</pre>', out.stdout)
+    assert found and found.group(1) != "pending", f"Chromium did not render {page}: {out.stderr[-500:]}"
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def test_rendered_pages_load_every_image_in_headless_chromium(smoke_book, tmp_path):
+    pages = _pages(smoke_book)
+    for name in (p.stem for p in runner.notebooks()):
+        report = chromium_check(pages[name], tmp_path)
+        assert report["images"] > 0 and report["broken"] == [] and report["errors"] == 0, (name, report)
+    # the check can fail: a page with a missing image and an error output is reported as such
+    bad = pages["01_category_analysis"].parent / "zz_broken_copy.html"
+    text = pages["01_category_analysis"].read_text(encoding="utf-8")
+    text = re.sub(r'(<img[^>]+src=")[^"]+', r"\1missing-figure.png", text, count=1)
+    bad.write_text(text.replace("</article>", '<div class="output traceback">Traceback</div></article>', 1))
+    try:
+        report = chromium_check(bad, tmp_path)
+    finally:
+        bad.unlink()
+    assert report["broken"] == ["missing-figure.png"] and report["errors"] == 1
