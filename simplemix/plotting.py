@@ -28,6 +28,15 @@ def book_style() -> None:
     import matplotlib as mpl
     import pandas as pd
 
+    try:  # in a Jupyter kernel, draw inline even when MPLBACKEND (e.g. Agg in CI) says otherwise
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+            shell.run_line_magic("matplotlib", "inline")
+    except ImportError:
+        pass
+
     mpl.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titlesize": 11, "axes.labelsize": 10,
                          "font.size": 9})
     pd.set_option("display.max_colwidth", 90)

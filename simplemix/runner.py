@@ -70,7 +70,6 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     import json
     import os
     import queue
-    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm import tqdm
 
@@ -88,7 +87,7 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
 
     def execute(nb: Path) -> tuple[Path, int, float]:
         slot = free.get()
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # figures must render inline
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
         cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / nb.name), "-p", "profile", profile,
@@ -113,9 +112,27 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     if skipped:
         print(f"up to date, skipped: {', '.join(skipped)}", flush=True)
     bar = tqdm(total=len(pending), desc=f"notebooks ({profile})", unit="nb", disable=not pending)
+    # 9x notebooks summarise the others (results, execution table): they run once the rest have finished
+    waves = [[p for p in pending if not p[0].name.startswith("9")], [p for p in pending if p[0].name.startswith("9")]]
+    for wave in waves:
+        _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir)
+    bar.close()
+    print(f"{len(todo) - len(failures)} of {len(todo)} notebooks up to date in {out_dir}")
+    for line in failures:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir) -> None:
+    """Execute one wave of notebooks, ``workers`` at a time, recording completions as they come."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {}
-        for i, (nb, fingerprint) in enumerate(pending):
+        for i, (nb, fingerprint) in enumerate(wave):
             futures[pool.submit(execute, nb)] = fingerprint
             if i == 0 and workers > 1 and nb.name.startswith("00"):
                 # chapter 00 builds the shared world: let it start first so the others wait on its stages' locks
@@ -131,11 +148,6 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
                 failures.append(f"{nb.name}: {_failed_cell(out_dir / nb.name)} (log: {log_dir / (nb.stem + '.log')})")
                 tqdm.write(f"FAILED  {nb.name}  {seconds:.1f} s")
             done_file.write_text(json.dumps(done, indent=1, sort_keys=True))
-    bar.close()
-    print(f"{len(todo) - len(failures)} of {len(todo)} notebooks up to date in {out_dir}")
-    for line in failures:
-        print(f"FAILED {line}", file=sys.stderr)
-    return 1 if failures else 0
 
 
 def build_book(run_dir: str | Path = "runs/smoke") -> int:

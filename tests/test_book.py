@@ -41,10 +41,15 @@ def _pages(run_dir: Path) -> dict[str, Path]:
     return pages | {"intro": html / "book" / "intro.html", "reproduce": html / "book" / "reproduce.html"}
 
 
+def _chapters() -> list[str]:
+    """The chapters that reproduce paper results (the 9x pages summarise the run and have no figures)."""
+    return [p.stem for p in runner.notebooks() if not p.name.startswith("9")]
+
+
 def test_every_chapter_page_exists_with_its_figures(smoke_book):
     pages = _pages(smoke_book)
     assert all(p.exists() for p in pages.values()), [k for k, p in pages.items() if not p.exists()]
-    for name in (p.stem for p in runner.notebooks()):
+    for name in _chapters():
         text = pages[name].read_text(encoding="utf-8")
         images = re.findall(r'<img[^>]+src="([^"]+)"', text)
         assert images, f"{name}: no figure on the page"
@@ -57,7 +62,7 @@ def test_every_chapter_page_exists_with_its_figures(smoke_book):
 
 def test_every_chapter_records_its_headline_numbers(smoke_book):
     results = json.loads((smoke_book / "results.json").read_text())
-    chapters = {p.stem for p in runner.notebooks()} - {"00_miniature_world"}
+    chapters = set(_chapters()) - {"00_miniature_world"}
     assert chapters <= set(results), sorted(chapters - set(results))
 
 
@@ -109,7 +114,8 @@ def test_rendered_pages_load_every_image_in_headless_chromium(smoke_book, tmp_pa
     pages = _pages(smoke_book)
     for name in (p.stem for p in runner.notebooks()):
         report = chromium_check(pages[name], tmp_path)
-        assert report["images"] > 0 and report["broken"] == [] and report["errors"] == 0, (name, report)
+        assert report["broken"] == [] and report["errors"] == 0, (name, report)
+        assert report["images"] > 0 or name.startswith("9"), (name, report)
     # the check can fail: a page with a missing image and an error output is reported as such
     bad = pages["01_category_analysis"].parent / "zz_broken_copy.html"
     text = pages["01_category_analysis"].read_text(encoding="utf-8")
