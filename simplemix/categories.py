@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import gzip
 import hashlib
 import io
 import json
@@ -37,7 +36,6 @@ CATEGORY_DIR = REPO_ROOT / "data" / "categories"
 CATEGORIES_JSON = CATEGORY_DIR / "wildchat_16_categories.json"
 LABELS_CSV = CATEGORY_DIR / "alpaca_eval_categories.csv"
 HAND_LABELS = CATEGORY_DIR / "hand_labels.jsonl"
-ALPACA_EVAL = REPO_ROOT / "data" / "alpaca_eval" / "gpt4_1106_preview_outputs.json.gz"
 
 _BUNDLED = json.loads(CATEGORIES_JSON.read_text())
 CATEGORIES: list[str] = list(_BUNDLED["categories"])
@@ -441,10 +439,11 @@ def instruction_sha(instruction: str) -> str:
     return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
 
 
-def load_alpaca_instructions(path: str | Path = ALPACA_EVAL) -> list[str]:
+def load_alpaca_instructions() -> list[str]:
     """The 805 AlpacaEval 2.0 instructions in canonical order."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [row["instruction"] for row in json.load(f)]
+    from simplemix.evaluation import alpaca_eval_set
+
+    return list(alpaca_eval_set()["instruction"])
 
 
 def labels_csv(classifier, instructions: list[str], date: str) -> str:

@@ -359,24 +359,29 @@ def _with_lc(table: pd.DataFrame, lc: LengthControlled | None) -> pd.DataFrame:
     return out
 
 
-def by_group(table: pd.DataFrame, groups: pd.Series | dict, lc: LengthControlled | None = None, *,
-             n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Win rate (and LC, when given) per group of instructions with bootstrap CIs over the group's prompts.
-    ``groups`` maps instruction text to a group label (a category, a length bin, ...)."""
-    data = _with_lc(table, lc)
-    data["group"] = data["instruction"].map(groups)
+def _grouped(data: pd.DataFrame, groups, columns: dict[str, str], n_boot: int, seed: int,
+             level: float) -> pd.DataFrame:
+    """Per group of ``groups`` (instruction -> label): for each ``columns`` entry (value column -> output name)
+    present in ``data``, its mean and bootstrap CI over the group's rows, in percent."""
+    data = data.assign(group=data["instruction"].map(groups))
     rng = np.random.default_rng(seed)
     rows = []
     for name, part in data.dropna(subset=["group"]).groupby("group", sort=True):
         row = {"group": name, "n": len(part)}
-        for column, label in (("win", "win_rate"), ("lc_win", "lc_win_rate")):
-            if column not in part:
-                continue
-            values = part[column].to_numpy(dtype=float)
-            lo, hi = _ci(_bootstrap_means(values, n_boot, rng), level)
-            row |= {label: values.mean() * 100, f"{label}_lo": lo * 100, f"{label}_hi": hi * 100}
+        for column, label in columns.items():
+            if column in part:
+                values = part[column].to_numpy(dtype=float)
+                lo, hi = _ci(_bootstrap_means(values, n_boot, rng), level)
+                row |= {label: values.mean() * 100, f"{label}_lo": lo * 100, f"{label}_hi": hi * 100}
         rows.append(row)
     return pd.DataFrame(rows).set_index("group")
+
+
+def by_group(table: pd.DataFrame, groups: pd.Series | dict, lc: LengthControlled | None = None, *,
+             n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Win rate (and LC, when given) per group of instructions with bootstrap CIs over the group's prompts.
+    ``groups`` maps instruction text to a group label (a category, a length bin, ...)."""
+    return _grouped(_with_lc(table, lc), groups, {"win": "win_rate", "lc_win": "lc_win_rate"}, n_boot, seed, level)
 
 
 def bin_labels(edges: Sequence[float]) -> list[str]:
@@ -398,19 +403,11 @@ def paired_delta(on: pd.DataFrame, off: pd.DataFrame, groups: pd.Series | dict,
     """On-minus-off win rate (and LC) per group, with a paired bootstrap: the same prompts resampled for both."""
     a, b = _with_lc(on, lc_on), _with_lc(off, lc_off)
     data = a.merge(b, on="instruction", suffixes=("_on", "_off"))
-    data["group"] = data["instruction"].map(groups)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for name, part in data.dropna(subset=["group"]).groupby("group", sort=True):
-        row = {"group": name, "n": len(part)}
-        for column, label in (("win", "delta_win_rate"), ("lc_win", "delta_lc_win_rate")):
-            if f"{column}_on" not in part or f"{column}_off" not in part:
-                continue
-            diff = (part[f"{column}_on"] - part[f"{column}_off"]).to_numpy(dtype=float)
-            lo, hi = _ci(_bootstrap_means(diff, n_boot, rng), level)
-            row |= {label: diff.mean() * 100, f"{label}_lo": lo * 100, f"{label}_hi": hi * 100}
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("group")
+    for column in ("win", "lc_win"):
+        if f"{column}_on" in data and f"{column}_off" in data:
+            data[f"{column}_delta"] = data[f"{column}_on"] - data[f"{column}_off"]
+    return _grouped(data, groups, {"win_delta": "delta_win_rate", "lc_win_delta": "delta_lc_win_rate"}, n_boot,
+                    seed, level)
 
 
 def leaderboard() -> pd.DataFrame:
