@@ -6,11 +6,18 @@ Layout under a run directory ``root``::
     .tmp/<stage>-<key>-<pid>-<rand>/     work in progress, renamed into stages/ when done
     .shards/<stage>-<key>/<i>.json       durable shards of an unfinished stage (see ShardCache)
     .locks/<stage>-<key>.lock            per-key flock, so concurrent requests compute once
+
+A stage's key hashes its name, config, input keys and code version. The default code version is
+``simplemix.__version__``, an optional explicit stage version, and a hash of the source files of the
+stage's module and of every ``simplemix`` module it imports, transitively (see ``module_closure``).
+Owns stage keys and the store layout; imports nothing else of simplemix.
 """
 
 from __future__ import annotations
 
+import ast
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -22,11 +29,13 @@ import secrets
 import shutil
 import sys
 import time
+import types
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import simplemix
 from simplemix import __version__
 
 
@@ -41,6 +50,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_PACKAGE_DIR = Path(simplemix.__file__).parent  # the running interpreter's copy, analysed from its own files
 _PACKAGES = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "vllm", "numpy")
 
 
@@ -87,18 +97,21 @@ class RunStore:
                             "inputs": _input_keys(inputs), "code_version": code_version})
 
     def run(self, stage: str, fn: Callable[..., dict | None], config: dict,
-            inputs: dict | None = None, code_version: str | None = None) -> Entry:
+            inputs: dict | None = None, code_version: str | None = None, *,
+            version: str | None = None) -> Entry:
         """Return the stored entry for this request, computing it with ``fn`` on a miss.
 
         ``fn(out_dir)`` or ``fn(out_dir, shards)`` (a parameter named ``shards`` gets a ShardCache)
         writes its files into ``out_dir`` and may return a dict recorded as the manifest's ``info``.
-        ``inputs`` maps names to Entries or raw key strings. The default ``code_version`` hashes
-        ``inspect.getsource(fn)`` with ``simplemix.__version__``, so editing the stage's function
-        invalidates its entries (helpers it calls are covered only by the package version); pass an
-        explicit string for lambdas, partials or closures, and bump it when the code's meaning changes.
+        ``inputs`` maps names to Entries or raw key strings. The default ``code_version`` is
+        ``default_code_version(fn, version)``: the package version, ``version`` if given, and a hash of
+        the source of fn's module and every simplemix module it imports (at any depth, lazy ones too),
+        so a fix to a helper invalidates the stage and an edit to unrelated modules does not.
         """
         if code_version is None:
-            code_version = default_code_version(fn)
+            code_version = default_code_version(fn, version)
+        elif version is not None:
+            raise ValueError("pass either code_version= or version=, not both")
         key = self.key_for(stage, config, inputs, code_version)
         if (entry := self.get(stage, key)) is not None:
             return entry
@@ -193,13 +206,89 @@ class RunStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def default_code_version(fn: Callable) -> str:
-    """``<simplemix version>+src.<hash of fn's source>``; raises ValueError when the source is unavailable."""
+def default_code_version(fn_or_module: Callable | types.ModuleType | str, version: str | None = None) -> str:
+    """``<simplemix version>[+v<version>]+src.<hash>``, the hash over ``module_closure`` of the module
+    defining the function (a module object or a module name also work). A function outside simplemix
+    falls back to hashing its own source; ValueError when even that is unavailable."""
+    target = fn_or_module
+    while isinstance(target, functools.partial):
+        target = target.func
+    if isinstance(target, str):
+        name = target
+    elif isinstance(target, types.ModuleType):
+        name = target.__name__
+    else:
+        name = getattr(target, "__module__", None) or ""
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    name = spec.name if spec is not None and name == "__main__" else name  # a simplemix module run with -m
+    prefix = __version__ if version is None else f"{__version__}+v{version}"
+    if _module_file(name) is not None:
+        files = [(m, _read_module(m)[0]) for m in module_closure(name)]
+        return f"{prefix}+src.{stable_hash(files, 12)}"
     try:
-        source = inspect.getsource(fn)
+        source = inspect.getsource(target)
     except (OSError, TypeError) as err:
-        raise ValueError(f"cannot read the source of {fn!r}; pass code_version= explicitly") from err
-    return f"{__version__}+src.{stable_hash(source, 12)}"
+        raise ValueError(f"cannot find the source of {fn_or_module!r} (not in a simplemix module file); "
+                         "pass code_version= explicitly") from err
+    return f"{prefix}+src.{stable_hash(source, 12)}"
+
+
+def module_closure(name: str) -> list[str]:
+    """Sorted names of ``name`` and every simplemix module it imports, transitively, by static analysis.
+
+    Imports at any depth count (lazy imports in functions, ``TYPE_CHECKING`` blocks), and a module
+    implies its parent packages' ``__init__``; names without a file under the package are skipped.
+    """
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        module = todo.pop()
+        if module in seen or _module_file(module) is None:
+            continue
+        seen.add(module)
+        todo.extend(_read_module(module)[1])
+        todo.extend(_parents(module))
+    return sorted(seen)
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of simplemix module ``name`` under the running package directory, or None."""
+    parts = name.split(".")
+    if parts[0] != "simplemix" or not all(p.isidentifier() for p in parts):
+        return None
+    base = _PACKAGE_DIR.joinpath(*parts[1:])
+    candidates = [base / "__init__.py"] + ([base.with_suffix(".py")] if len(parts) > 1 else [])
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _read_module(name: str) -> tuple[str, tuple[str, ...]]:
+    """(sha256 of the module file's bytes, simplemix names it imports); parsing is cached on the content."""
+    path = _module_file(name)
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), _imports(name, path.name == "__init__.py", data)
+
+
+@functools.cache
+def _imports(name: str, is_package: bool, source: bytes) -> tuple[str, ...]:
+    """Candidate simplemix module names imported anywhere in ``source``; non-modules are dropped later."""
+    package = name if is_package else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from . import x` in package p.q is `from p.q import x`; each extra dot goes up
+                parts = package.split(".")
+                base = ".".join(filter(None, [".".join(parts[: len(parts) - node.level + 1]), base]))
+            found.append(base)
+            found += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+    return tuple(sorted({m for m in found if m == "simplemix" or m.startswith("simplemix.")}))
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def package_versions() -> dict[str, str]:

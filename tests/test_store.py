@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import simplemix
-from simplemix.store import RunStore, default_code_version, format_status, status_main
+import simplemix.store
+from simplemix.store import RunStore, default_code_version, format_status, module_closure, status_main
 
 REPO = Path(simplemix.__file__).resolve().parents[1]
 
@@ -283,3 +286,167 @@ def test_cli_status_lists_stages(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "simplemix.cli", "status", "--run", str(tmp_path / "none")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "none" in missing.stderr
+
+
+# --- code versions: the stage's module and its transitive simplemix imports ---------------------------
+
+
+def copy_package(tmp_path: Path) -> Path:
+    """A private copy of the simplemix package under ``tmp_path/pkg``, for edits the real tree never sees."""
+    shutil.copytree(Path(simplemix.__file__).parent, tmp_path / "pkg" / "simplemix",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path / "pkg"
+
+
+def run_in_copy(root: Path, code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter that imports simplemix from the copy at ``root``; its stdout lines."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + f"\n{line}\n")
+
+
+def test_code_version_follows_imported_helpers_not_unrelated_modules(tmp_path):
+    root = copy_package(tmp_path)
+    probe = """
+        import simplemix, simplemix.onpolicy
+        from simplemix.store import default_code_version, module_closure
+        closure = module_closure("simplemix.onpolicy")
+        print(simplemix.__file__)
+        print(default_code_version(simplemix.onpolicy.score_stage))
+        print("simplemix.reward" in closure, "simplemix.plotting" in closure)
+    """
+    where, base, flags = run_in_copy(root, probe)
+    assert Path(where) == root / "simplemix" / "__init__.py"
+    assert base.startswith(simplemix.__version__ + "+src.")
+    assert flags == "True False"  # reward is imported (lazily) by onpolicy, plotting is not
+
+    append(root / "simplemix" / "plotting.py", "_unused = 0")
+    assert run_in_copy(root, probe)[1] == base
+    append(root / "simplemix" / "reward.py", "_unused = 0")
+    assert run_in_copy(root, probe)[1] != base
+
+
+def test_stored_stage_is_reused_until_an_imported_helper_changes(tmp_path):
+    root = copy_package(tmp_path)
+    pkg = root / "simplemix"
+    (pkg / "_demo_helper.py").write_text("ROWS = 3\n")
+    (pkg / "_demo_stage.py").write_text(textwrap.dedent("""
+        from simplemix.store import RunStore
+
+        def main(run_dir):
+            from simplemix import _demo_helper
+            entry = RunStore(run_dir).run("demo", lambda out: {"rows": _demo_helper.ROWS}, {"n": 1})
+            print(entry.key, entry.hit, entry.manifest["info"]["rows"])
+    """))
+    demo = f"from simplemix._demo_stage import main; main({str(tmp_path / 'run')!r})"
+    assert "simplemix.runner" not in run_in_copy(root, "from simplemix.store import module_closure;"
+                                                      "print(*module_closure('simplemix._demo_stage'))")[0]
+
+    key, hit, rows = run_in_copy(root, demo)[0].split()
+    assert (hit, rows) == ("False", "3")
+    append(pkg / "runner.py", "_unused = 0")
+    assert run_in_copy(root, demo)[0].split() == [key, "True", "3"]
+    (pkg / "_demo_helper.py").write_text("ROWS = 4\n")
+    new_key, hit, rows = run_in_copy(root, demo)[0].split()
+    assert new_key != key and (hit, rows) == ("False", "4")
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """A small synthetic simplemix tree that the store analyses instead of the real one."""
+    files = {
+        "__init__.py": "",
+        "alpha.py": "import os\n\ndef f():\n    if True:\n        from simplemix.beta import g\n    return g\n",
+        "beta.py": "import simplemix.gamma as gm\n",
+        "gamma.py": "X = 1\n",
+        "delta.py": "from simplemix import gamma, epsilon, __version__\n",
+        "epsilon.py": "",
+        "unused.py": "import simplemix.alpha\n",
+        "mini/__init__.py": "from . import tasks\n",
+        "mini/tasks.py": "",
+        "mini/world.py": "from .tasks import Task\nfrom .. import gamma\n\ndef h():\n    from . import oracle\n",
+        "mini/oracle.py": "import simplemixer\nimport simplemix.mini.nonexistent\n",
+    }
+    for name, text in files.items():
+        path = tmp_path / "simplemix" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.setattr(simplemix.store, "_PACKAGE_DIR", tmp_path / "simplemix")
+    return tmp_path / "simplemix"
+
+
+def test_module_closure_follows_lazy_from_and_relative_imports(fake_package):
+    assert module_closure("simplemix.alpha") == ["simplemix", "simplemix.alpha", "simplemix.beta",
+                                                 "simplemix.gamma"]  # lazy import inside a function
+    assert module_closure("simplemix.delta") == ["simplemix", "simplemix.delta", "simplemix.epsilon",
+                                                 "simplemix.gamma"]  # `from simplemix import a, b`
+    assert module_closure("simplemix.mini.world") == [
+        "simplemix", "simplemix.gamma", "simplemix.mini", "simplemix.mini.oracle",
+        "simplemix.mini.tasks", "simplemix.mini.world"]  # relative imports; parent __init__ implied
+    assert module_closure("simplemix.gamma") == ["simplemix", "simplemix.gamma"]
+    assert module_closure("simplemix.nope") == [] and module_closure("os") == []
+
+
+def test_closure_edits_change_the_code_version_in_process(fake_package):
+    before = default_code_version("simplemix.alpha")
+    assert before == default_code_version("simplemix.alpha")
+    (fake_package / "unused.py").write_text("X = 2\n")
+    assert default_code_version("simplemix.alpha") == before
+    (fake_package / "gamma.py").write_text("X = 2\n")  # same size, read afresh: the parse cache is by content
+    assert default_code_version("simplemix.alpha") != before
+
+
+def test_real_closure_covers_what_importing_the_stage_loads():
+    """Static analysis must find at least the simplemix modules a fresh import actually loads."""
+    closure = module_closure("simplemix.onpolicy")
+    assert closure == sorted(closure) and "simplemix.onpolicy" in closure
+    assert {"simplemix", "simplemix.store", "simplemix.reward", "simplemix.miniature.world",
+            "simplemix.miniature"} <= set(closure)
+    r = subprocess.run([sys.executable, "-c", "import sys, simplemix.onpolicy; "
+                        "print(*sorted(m for m in sys.modules if m.split('.')[0] == 'simplemix'))"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) <= set(closure)
+
+
+def test_code_version_accepts_functions_modules_names_and_partials():
+    by_name = default_code_version("simplemix.store")
+    assert by_name.startswith(simplemix.__version__ + "+src.")
+    assert default_code_version(simplemix.store) == by_name
+    assert default_code_version(simplemix.store.stable_hash) == by_name
+    assert default_code_version(functools.partial(functools.partial(simplemix.store.stable_hash), length=4)) == by_name
+
+
+def test_explicit_stage_version_changes_the_code_version(tmp_path):
+    plain = default_code_version("simplemix.store")
+    v2 = default_code_version("simplemix.store", "2")
+    assert v2 == plain.replace("+src.", "+v2+src.") and v2 != default_code_version("simplemix.store", "3")
+    store = RunStore(tmp_path)
+    a = store.run("s", write_stage, {})
+    b = store.run("s", write_stage, {}, version="2")
+    assert a.key != b.key and not b.hit and b.manifest["code_version"].split("+")[1] == "v2"
+    with pytest.raises(ValueError):
+        store.run("s", write_stage, {}, code_version="x", version="2")
+
+
+def test_function_without_source_asks_for_an_explicit_code_version():
+    namespace = {"__name__": "not_simplemix"}
+    exec(compile("def generated(out):\n    pass\n", "<generated>", "exec"), namespace)
+    with pytest.raises(ValueError, match="generated.*code_version="):
+        default_code_version(namespace["generated"])
+
+
+def test_code_versions_of_the_whole_package_are_cheap():
+    names = [".".join(("simplemix", *p.relative_to(REPO / "simplemix").with_suffix("").parts))
+             for p in sorted((REPO / "simplemix").rglob("*.py"))]
+    names = [n.removesuffix(".__init__") for n in names]
+    first = [default_code_version(n) for n in names]
+    start = time.perf_counter()
+    assert [default_code_version(n) for n in names] == first
+    assert time.perf_counter() - start < 0.25  # ~20 ms measured; the bound leaves room for slow CI
