@@ -4,6 +4,7 @@ The templates live in ``recipes/accelerate/``. What must agree with the training
 count, mixed precision, micro-batch, accumulation, global batch) is filled in from the profile, so a
 launch can never disagree with the DPOConfig it runs; the rest stays "auto" for transformers to fill
 from the model when training starts.
+Owns the accelerate launch files and command; imports config and training.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def launched_train(command: list[str]):
     The reference log-probs are computed here, in one process, before the launch: in the workers every stage
     before training is a store hit, so no rank waits on a lock while another waits on it in a collective. The
     workers commit the trained model to the store; reading it back here is then a hit too. DPO-Mix-P calls this
-    once per round, and the workers stop after that round (``--upto-round``).
+    once per round, and the workers stop after that round (``--upto-round``). It takes what
+    :func:`simplemix.training.train` takes (``policy`` a :class:`~simplemix.sampling.Policy` or a ModelConfig),
+    except ``stored_only``.
     """
     from simplemix import training
 
     calls = []
 
     def train(pairs, cfg, policy, run_dir, *, name, method="dpo", max_steps=None, progress=True):
+        training.check_dpo_args(cfg)  # a bad dpo_args key fails here, not in every worker
         if cfg.precompute_ref_log_probs:
             training.reference_logps(pairs, cfg, policy, run_dir, progress)
         round_args = ["--upto-round", str(len(calls))] if name.startswith("dpo_mix_p") else []

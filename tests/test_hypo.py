@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_policy
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from simplemix import training
-from simplemix.config import HypoConfig, ModelConfig, TrainingConfig
+from simplemix.config import HypoConfig, TrainingConfig
 from simplemix.miniature.world import build_world
 
 EOS, PAD = 3, 0
-POLICY = ModelConfig(name_or_path="miniature:sft-policy")
 
 
 def test_loo_surrogate_matches_a_hand_computation():
@@ -113,11 +113,12 @@ def _history(entry) -> list[dict]:
 @pytest.mark.parametrize("finetuning", ["full", "lora"])
 def test_hypo_adds_the_kl_term_to_trls_dpo_loss(run_dir, finetuning):
     pairs = build_world(run_dir, progress=False).off_policy_pairs().select(range(12))
-    dpo = _history(training.train_dpo(pairs, _cfg(0.0, finetuning=finetuning), POLICY, run_dir, name="dpo",
+    policy = tiny_policy(run_dir)
+    dpo = _history(training.train_dpo(pairs, _cfg(0.0, finetuning=finetuning), policy, run_dir, name="dpo",
                                       max_steps=3, progress=False))
-    free = _history(training.train_hypo(pairs, _cfg(0.0, finetuning=finetuning), POLICY, run_dir, name="hypo0",
+    free = _history(training.train_hypo(pairs, _cfg(0.0, finetuning=finetuning), policy, run_dir, name="hypo0",
                                         max_steps=3, progress=False))
-    tied = training.train_hypo(pairs, _cfg(1.0, finetuning=finetuning), POLICY, run_dir, name="hypo1", max_steps=3,
+    tied = training.train_hypo(pairs, _cfg(1.0, finetuning=finetuning), policy, run_dir, name="hypo1", max_steps=3,
                                progress=False)
     # kl_coef 0: the samples are drawn and scored, but the loss and the updates are DPO's.
     assert [r["loss"] for r in free] == pytest.approx([r["loss"] for r in dpo], abs=1e-5)

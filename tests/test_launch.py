@@ -72,11 +72,24 @@ def test_dry_run_prints_the_exact_launch_command_and_configs_and_computes_nothin
                  "--run", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     acc, ds = tmp_path / "launch" / "accelerate.yaml", tmp_path / "launch" / "ds_config.json"
+    cell = "llama-3.1-instruct__ultrafeedback"  # the paper profile's primary cell, forwarded to the workers
     command = (f"-m accelerate.commands.launch --config_file {acc} -m simplemix.cli train --profile paper "
-               f"--method simplemix --run {tmp_path} --on-fraction 0.5 --worker")
+               f"--method simplemix --run {tmp_path} --cell {cell} --on-fraction 0.5 --worker")
     assert command in out and "training in 8 processes" in out
     assert "distributed_type: DEEPSPEED" in out and '"stage": 3' in out and f"{ds}:" in out
     assert not (tmp_path / "stages").exists()
+
+
+def test_launched_train_rejects_unknown_dpo_args_before_launching_anything(tmp_path):
+    from simplemix.config import ConfigError, ModelConfig, TrainingConfig
+    from simplemix.launch import launched_train
+
+    marker = tmp_path / "launched"
+    train = launched_train(["touch", str(marker)])
+    cfg = TrainingConfig(dpo_args={"weight_decy": 0.1})
+    with pytest.raises(ConfigError, match="weight_decy.*did you mean 'weight_decay'"):
+        train(None, cfg, ModelConfig(name_or_path="unused"), tmp_path, name="bad")
+    assert not marker.exists() and not (tmp_path / "stages").exists()
 
 
 def _launch_args(run_dir, *extra):

@@ -16,18 +16,18 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import tiny_policy
 
 from simplemix import onpolicy, training
-from simplemix.config import ModelConfig, TrainingConfig, load_profile
+from simplemix.config import ConfigError, TrainingConfig, load_profile
 from simplemix.data import validate_rows
 from simplemix.miniature import generators
 from simplemix.miniature.oracle import judge
 from simplemix.miniature.policy import PolicyConfig
 from simplemix.miniature.tasks import MAKERS
 from simplemix.miniature.world import WorldConfig, build_world
-from simplemix.sampling import generate, load_policy
-
-POLICY = ModelConfig(name_or_path="miniature:sft-policy")
+from simplemix.sampling import Policy, generate, load_policy
+from simplemix.world import resolve
 
 
 @pytest.fixture(autouse=True)
@@ -68,20 +68,76 @@ def test_dpo_config_maps_fields_and_warns_about_nothing(tmp_path):
         warnings.simplefilter("always")
         args = training.dpo_config(cfg, tmp_path, save_steps=3)
     assert [str(w.message) for w in caught] == []
-    assert isinstance(args, DPOConfig) and len(training.TRL_FIELDS) == 14
-    for name in training.TRL_FIELDS:
-        if name != "gradient_checkpointing":
-            assert getattr(args, name) == getattr(cfg, name), name
+    assert isinstance(args, DPOConfig) and len(training.DPO_CONFIG_FIELDS) == 14
+    for ours, name in training.DPO_CONFIG_FIELDS.items():
+        if ours != "gradient_checkpointing":
+            assert getattr(args, name) == getattr(cfg, ours), ours
+    assert training.DPO_CONFIG_FIELDS["gradient_checkpointing"] == "activation_checkpointing"
     assert args.activation_checkpointing is True and args.gradient_checkpointing is True
     assert args.bf16 is False and args.use_cpu is True and args.report_to == []
     assert args.save_steps == 3 and args.output_dir == str(tmp_path)
+
+
+def test_trainer_classes_are_plain_module_attributes():
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    for name in ("SimpleMixDPOTrainer", "HyPOTrainer"):
+        cls = vars(training)[name]  # defined in the module, not built on attribute access
+        assert issubclass(cls, DPOTrainer) and cls.__module__ == "simplemix.training" and name in dir(training)
+    assert issubclass(training.HyPOTrainer, training.SimpleMixDPOTrainer)
+    assert issubclass(training.SourceCollator, DataCollatorForPreference) and "SourceCollator" in dir(training)
+    assert not hasattr(training, "_classes") and "__getattr__" not in vars(training)
+
+
+def test_every_training_field_is_mapped_to_dpo_config_or_declared_ours():
+    import dataclasses
+
+    from trl import DPOConfig
+
+    dpo_fields = {f.name for f in dataclasses.fields(DPOConfig)}
+    ours = [f.name for f in dataclasses.fields(TrainingConfig)]
+    assert not set(training.DPO_CONFIG_FIELDS.values()) - dpo_fields
+    assert not set(training.NON_TRL_FIELDS) & set(training.DPO_CONFIG_FIELDS)
+    # a new TrainingConfig field must be mapped or declared non-TRL (with what uses it), never silently dropped
+    assert set(ours) == set(training.DPO_CONFIG_FIELDS) | set(training.NON_TRL_FIELDS)
+    assert all(training.NON_TRL_FIELDS.values())
+    assert set(training.REFERENCE_DPO_ARGS) <= dpo_fields and set(training.SET_BY_SIMPLEMIX) <= dpo_fields
+
+
+def test_dpo_args_reach_dpo_config_and_unknown_or_colliding_keys_are_errors(tmp_path):
+    args = training.dpo_config(TrainingConfig(dpo_args={"weight_decay": 0.1, "max_grad_norm": 0.5}), tmp_path)
+    assert args.weight_decay == 0.1 and args.max_grad_norm == 0.5
+    assert training.dpo_config(TrainingConfig(dpo_args={"weight_decay": 0.1}), tmp_path,
+                               weight_decay=0.2).weight_decay == 0.2  # overrides come last
+    with pytest.raises(ConfigError, match=r"training\.dpo_args\.weight_decy: not a trl\.DPOConfig field.*"
+                                          r"did you mean 'weight_decay'"):
+        training.dpo_config(TrainingConfig(dpo_args={"weight_decy": 0.1}), tmp_path)
+    with pytest.raises(ConfigError, match=r"dpo_args\.beta: is set by the recipe key training\.beta"):
+        training.check_dpo_args(TrainingConfig(dpo_args={"beta": 0.3}))
+    with pytest.raises(ConfigError, match=r"dpo_args\.activation_checkpointing: .* training\.gradient_checkpointing"):
+        training.check_dpo_args(TrainingConfig(dpo_args={"activation_checkpointing": True}))
+    for key in ("output_dir", "use_cpu", "report_to", "save_strategy", "max_steps"):
+        with pytest.raises(ConfigError, match=rf"dpo_args\.{key}: is set by simplemix"):
+            training.check_dpo_args(TrainingConfig(dpo_args={key: None}))
+    with pytest.raises(ConfigError, match=r"dpo_args\.finetuning: .* set training\.finetuning"):
+        training.check_dpo_args(TrainingConfig(dpo_args={"finetuning": "lora"}))
+    # a recipe: the override builds (dpo_args takes any key), and the check up front names the key
+    prof = load_profile("smoke", ["training.dpo_args.weight_decy=0.1"])
+    assert prof.training.dpo_args == {"weight_decy": 0.1}
+    with pytest.raises(ConfigError, match=r"recipe: training\.dpo_args\.weight_decy: .*'weight_decay'"):
+        training.check_dpo_args(prof.training, source="recipe: training.dpo_args")
+    # dpo_args are part of the train key; only those that change the reference log-probs key the reference
+    plain, decayed = TrainingConfig(), TrainingConfig(dpo_args={"weight_decay": 0.1})
+    assert training._train_config(plain, "dpo", None) != training._train_config(decayed, "dpo", None)
 
 
 @pytest.mark.parametrize("finetuning", ["lora", "qlora"])
 def test_peft_two_steps_start_at_ln2(run_dir, finetuning):
     # Step-1 loss is ln 2 exactly when the reference is the base with adapters disabled (LoRA's B starts at 0).
     cfg = small(finetuning=finetuning)
-    entry = training.train_dpo(pool(run_dir, 8), cfg, POLICY, run_dir, name=finetuning, max_steps=2, progress=False)
+    entry = training.train_dpo(pool(run_dir, 8), cfg, tiny_policy(run_dir), run_dir, name=finetuning, max_steps=2,
+                               progress=False)
     log = history(entry)
     assert abs(log[0]["loss"] - math.log(2)) < 1e-4
     assert entry.manifest["info"]["global_step"] == 2 and log[1]["step"] == 2
@@ -92,7 +148,7 @@ def _trl_own(run_dir, pairs, cfg, out, peft: bool):
     """TRL's plain DPOTrainer, computing the reference log-probs itself."""
     from trl import DPOTrainer
 
-    model, tokenizer, peft_config = training.load_model(cfg, POLICY, run_dir)
+    model, tokenizer, peft_config = training.load_model(cfg, tiny_policy(run_dir))
     args = training.dpo_config(cfg, out, precompute_ref_log_probs=True, max_steps=2)
     return DPOTrainer(model, args=args, train_dataset=training.trl_pairs(pairs), processing_class=tokenizer,
                       peft_config=peft_config if peft else None)
@@ -100,7 +156,7 @@ def _trl_own(run_dir, pairs, cfg, out, peft: bool):
 
 def test_cached_ref_logps_equal_trls_own_and_train_identically(run_dir, tmp_path):
     pairs, cfg = pool(run_dir, 12), small()
-    ref = training.reference_logps(pairs, cfg, POLICY, run_dir, progress=False)
+    ref = training.reference_logps(pairs, cfg, tiny_policy(run_dir), run_dir, progress=False)
     cached = training.with_reference(training.trl_pairs(pairs), ref)
     for peft in (False, True):  # full fine-tuning and LoRA (adapters disabled) share one reference
         own = _trl_own(run_dir, pairs, small(finetuning="lora") if peft else cfg, tmp_path / f"own-{peft}", peft)
@@ -109,7 +165,7 @@ def test_cached_ref_logps_equal_trls_own_and_train_identically(run_dir, tmp_path
             assert max(abs(a - b) for a, b in zip(own.train_dataset[column], cached[column])) < 1e-5
     # Two steps without warmup: step 2's loss depends on the reference values through the step-1 update.
     own = _trl_own(run_dir, pairs, cfg, tmp_path / "own", peft=False)
-    model, tokenizer, _ = training.load_model(cfg, POLICY, run_dir)
+    model, tokenizer, _ = training.load_model(cfg, tiny_policy(run_dir))
     ours = training.make_trainer(model, tokenizer, training.dpo_config(cfg, tmp_path / "ours", max_steps=2), cached)
     own.train()
     ours.train()
@@ -132,7 +188,7 @@ def _logp_by_hand(model, tokenizer, prompt, response) -> float:
 def test_per_source_margins_and_accuracies_match_a_hand_computation(run_dir, tmp_path):
     pairs = pool(run_dir, 2).map(lambda row, i: {"source": "on" if i == 0 else "off"}, with_indices=True)
     cfg = small(beta=0.1, per_device_train_batch_size=2)
-    model, tokenizer, _ = training.load_model(cfg, POLICY, run_dir)
+    model, tokenizer, _ = training.load_model(cfg, tiny_policy(run_dir))
     data = training.trl_pairs(pairs)
     rows = [data[i] for i in range(2)]
     # Reference log-probs set so the on-policy pair's rewards are beta * (2, -1) and the off-policy's beta * (-1, 0.5).
@@ -157,31 +213,36 @@ def test_mixture_training_logs_both_sources_and_is_a_store_hit_the_second_time(r
     from datasets import concatenate_datasets
 
     prof = load_profile("smoke", ["sampling.num_samples=2", "sampling.max_new_tokens=8", "sampling.temperature=1.0"])
-    on = onpolicy.load_pairs(onpolicy.on_policy_pairs(prof, run_dir, progress=False)["pairs"])
+    world = resolve(prof, run_dir)
+    on = onpolicy.load_pairs(onpolicy.on_policy_pairs(world, world.cell(), progress=False)["pairs"])
     pairs = concatenate_datasets([on.select(range(min(6, len(on)))), pool(run_dir, 6)])
     cfg = small(per_device_train_batch_size=len(pairs))
-    first = training.train_dpo(pairs, cfg, POLICY, run_dir, name="mix", max_steps=2, progress=False)
+    first = training.train_dpo(pairs, cfg, tiny_policy(run_dir), run_dir, name="mix", max_steps=2, progress=False)
     assert not first.hit and first.manifest["info"]["on_policy"] == len(pairs) - 6
     assert {"rewards/margins_on", "rewards/margins_off", "rewards/accuracies_on"} <= set(history(first)[0])
     assert not list(run_dir.glob("checkpoints/*")), "checkpoints outlived the completed stage"
-    again = training.train_dpo(pairs.shuffle(seed=1), cfg, POLICY, run_dir, name="mix", max_steps=2, progress=False)
+    again = training.train_dpo(pairs.shuffle(seed=1), cfg, tiny_policy(run_dir), run_dir, name="mix", max_steps=2,
+                               progress=False)
     assert again.hit and again.key == first.key and again.path == first.path
 
 
 KILLED_RUN = textwrap.dedent("""
     import sys
+    sys.path.insert(0, sys.argv[2])
+    from conftest import tiny_policy
     from simplemix import training
-    from simplemix.config import ModelConfig, TrainingConfig
+    from simplemix.config import TrainingConfig
     from simplemix.miniature.world import build_world
     pairs = build_world(sys.argv[1], progress=False).off_policy_pairs()
     cfg = TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=2, max_length=192, logging_steps=1)
-    training.train_dpo(pairs, cfg, ModelConfig("miniature:sft-policy"), sys.argv[1], name="killed", max_steps=60,
+    training.train_dpo(pairs, cfg, tiny_policy(sys.argv[1]), sys.argv[1], name="killed", max_steps=60,
                        progress=False)
 """)
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(run_dir, monkeypatch):
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(run_dir)], env=dict(os.environ))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(run_dir), str(Path(__file__).parent)],
+                            env=dict(os.environ))
     states = lambda: list(run_dir.glob("checkpoints/*/checkpoint-*/trainer_state.json"))  # noqa: E731
     deadline = time.time() + 300
     while not states() and time.time() < deadline and proc.poll() is None:
@@ -192,13 +253,13 @@ def test_killed_training_resumes_from_its_last_checkpoint(run_dir, monkeypatch):
     assert not list(run_dir.glob("stages/train/*")), "a killed stage left an entry"
 
     steps = []
-    trainer_class = training._classes()["SimpleMixDPOTrainer"]
+    trainer_class = training.SimpleMixDPOTrainer
     original = trainer_class.training_step
     monkeypatch.setattr(trainer_class, "training_step",
                         lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
     pairs = build_world(run_dir, progress=False).off_policy_pairs()
     cfg = TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=2, max_length=192, logging_steps=1)
-    entry = training.train_dpo(pairs, cfg, POLICY, run_dir, name="killed", max_steps=60, progress=False)
+    entry = training.train_dpo(pairs, cfg, tiny_policy(run_dir), run_dir, name="killed", max_steps=60, progress=False)
     info = entry.manifest["info"]
     resumed_at = int(info["resumed_from"].split("-")[1])
     assert 0 < resumed_at < 60 and info["global_step"] == 60
@@ -227,7 +288,7 @@ def _math_pairs(run_dir, n_train=192, n_held=64):
         if task.prompt not in seen:
             seen.add(task.prompt)
             tasks.append(task)
-    model, tokenizer = load_policy(POLICY, run_dir)
+    model, tokenizer = load_policy(tiny_policy(run_dir))
     greedy = [s[0].text for s in generate(model, tokenizer, [t.messages() for t in tasks], max_new_tokens=24)]
     rows = []
     for task, own in zip(tasks, greedy):
@@ -249,7 +310,7 @@ def _held_out(policy, held, tasks, run_dir, cfg):
 
     table = pd.read_parquet(training.reference_logps(held, cfg, policy, run_dir, progress=False).path
                             / "ref_logps.parquet")
-    model, tokenizer = load_policy(policy, run_dir)
+    model, tokenizer = load_policy(policy)
     answers = generate(model, tokenizer, [t.messages() for t in tasks], max_new_tokens=24)
     reward = statistics.mean(judge(t, s[0].text).reward for t, s in zip(tasks, answers))
     return float((table.ref_chosen_logps - table.ref_rejected_logps).mean()), reward
@@ -261,9 +322,10 @@ def test_dpo_learns_to_prefer_correct_formatted_answers_on_held_out_prompts(tmp_
     train, held, held_tasks = _math_pairs(run_dir)
     cfg = TrainingConfig(beta=0.1, learning_rate=1e-4, per_device_train_batch_size=8, max_length=192,
                          logging_steps=4, seed=0)
-    margin_before, reward_before = _held_out(POLICY, held, held_tasks, run_dir, cfg)
-    entry = training.train_dpo(train, cfg, POLICY, run_dir, name="learning-check", max_steps=24, progress=False)
-    trained = ModelConfig(name_or_path=str(entry.path))
+    policy = tiny_policy(run_dir)
+    margin_before, reward_before = _held_out(policy, held, held_tasks, run_dir, cfg)
+    entry = training.train_dpo(train, cfg, policy, run_dir, name="learning-check", max_steps=24, progress=False)
+    trained = Policy.trained(entry, policy)
     margin_after, reward_after = _held_out(trained, held, held_tasks, run_dir, cfg)
     # Measured once with seeds 0, 1, 2 (one epoch = 24 steps): the held-out margin rose by 11.7, 14.3, 14.5 nats
     # and the greedy reward by 0.109, 0.078, 0.113 (from 0.147); with chosen and rejected swapped, by -19 nats and
