@@ -14,6 +14,7 @@ agreement with it is asserted in ``tests/test_categories.py`` and reported in ``
 
 The paper does not publish its classification prompt; :data:`CLASSIFICATION_PROMPT` is our own wording around the
 authors' category list and catch-all string.
+Owns the category labels and classifiers; imports config, sampling and evaluation, lazily.
 """
 
 from __future__ import annotations
@@ -415,13 +416,13 @@ class LocalModelClassifier:
         self.name = f"local:{getattr(backend, 'name', 'backend')}:{model_name}".rstrip(":")
 
     @classmethod
-    def from_config(cls, model_cfg, sampling_cfg=None, run_dir=None, **kwargs) -> "LocalModelClassifier":
-        """Load an instruct model (a ModelConfig) through the backend a SamplingConfig names."""
+    def from_config(cls, model_cfg, sampling_cfg=None, **kwargs) -> "LocalModelClassifier":
+        """Load an instruct model (a ModelConfig or sampling.Policy) through the backend a SamplingConfig names."""
         from simplemix.config import SamplingConfig
-        from simplemix.sampling import load_backend
+        from simplemix.sampling import as_policy, load_backend
 
-        backend = load_backend(sampling_cfg or SamplingConfig(), model_cfg, run_dir)
-        return cls(backend, model_cfg.name_or_path, **kwargs)
+        policy = as_policy(model_cfg)
+        return cls(load_backend(sampling_cfg or SamplingConfig(), policy), policy.model.name_or_path, **kwargs)
 
     def classify(self, instructions: list[str], progress: bool = False) -> list[str]:
         prompts = [[{"role": "user", "content": classification_prompt(x)}] for x in instructions]

@@ -3,6 +3,7 @@
 A profile (``recipes/<name>.yaml``) holds one section per stage. Keys equal the dataclass fields
 below; the training keys equal TRL's ``DPOConfig`` names, LoRA keys PEFT's ``LoraConfig`` names and
 quantization keys transformers' ``BitsAndBytesConfig`` names, so a recipe reads like the libraries.
+Owns the recipe schema; imports nothing else of simplemix.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def at_least(default: Any, lo: float) -> Any:
 
 @dataclass
 class ModelConfig:
-    """A model to load: a hub id, a local directory, or ``miniature:<name>`` for the smoke world."""
+    """A model to load: a hub id, a local directory, or a name the profile's world resolves (``<world>:<name>``)."""
 
     name_or_path: str = field(default="", metadata={"required": True})
     revision: Optional[str] = None
@@ -60,10 +61,22 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """An off-policy preference dataset and the policy for rows that fail validation."""
+class PolicyConfig(ModelConfig):
+    """An SFT policy of the grid: the model, its short ``label`` (cell ids, tables) and the paper's model it
+    stands for (``paper_name``, a ``base_model`` of the paper's Table 2; empty: the label)."""
 
-    format: Literal["miniature", "ultrafeedback_raw", "ultrafeedback_binarized", "helpsteer2", "local"] = "local"
+    label: str = ""
+    paper_name: str = ""
+
+
+@dataclass
+class DataConfig:
+    """An off-policy preference dataset of the grid, with its short ``label``, the paper's dataset it stands
+    for (``paper_name``: UltraFeedback or HelpSteer2) and the policy for rows that fail validation."""
+
+    label: str = ""
+    paper_name: str = ""
+    format: Literal["ultrafeedback_raw", "ultrafeedback_binarized", "helpsteer2", "local"] = "local"
     path: str = field(default="", metadata={"required": True})
     split: Optional[str] = None
     max_rows: Optional[int] = at_least(None, 1)
@@ -186,6 +199,7 @@ class TrainingConfig:
     dpo_mix_p: DpoMixPConfig = field(default_factory=DpoMixPConfig)
     accelerate_config: Optional[str] = None  # a file under recipes/accelerate/, for multi-GPU launches
     num_processes: int = at_least(1, 1)
+    dpo_args: dict[str, Any] = field(default_factory=dict)  # further trl.DPOConfig fields, by their TRL names
 
 
 @dataclass
@@ -197,6 +211,24 @@ class EvaluationConfig:
     judge: Literal["oracle", "reward_model", "alpaca_eval_gpt4_turbo"] = "oracle"
     bootstrap_samples: int = at_least(1000, 1)
     benchmarks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CellConfig:
+    """One experiment of the grid: an SFT policy and a preference dataset, by their labels."""
+
+    policy: str = field(default="", metadata={"required": True})
+    dataset: str = field(default="", metadata={"required": True})
+
+
+@dataclass
+class GridConfig:
+    """The profile's experiment grid (the paper's Table 2 is 2 policies x 2 datasets). ``cells`` empty: every
+    policy with every dataset. ``primary``: the cell of the single-cell chapters (the paper's Figures 2-6 and
+    Table 3 use Llama-3.1-8B-Instruct with UltraFeedback); empty: the first policy with the first dataset."""
+
+    cells: list[CellConfig] = field(default_factory=list)
+    primary: Optional[CellConfig] = None
 
 
 @dataclass
@@ -217,8 +249,10 @@ class Profile:
     description: str = ""
     seed: int = 0
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
-    policies: list[ModelConfig] = field(default_factory=list, metadata={"min_items": 1})
+    world: str = "hub"  # where models, data, judge and evaluation prompts come from: a name simplemix.world knows
+    policies: list[PolicyConfig] = field(default_factory=list, metadata={"min_items": 1})
     datasets: list[DataConfig] = field(default_factory=list, metadata={"min_items": 1})
+    grid: GridConfig = field(default_factory=GridConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -286,6 +320,8 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -388,15 +424,42 @@ def load_profile(profile: str | os.PathLike = "smoke", overrides: list[str] | di
         data = _merge(data, over)
         source += " (with overrides)"
     prof = build(Profile, data, source=source)
+    _label(prof, source)
     _check_paths(prof, source)
     return prof
 
 
+def _label(prof: Profile, source: str) -> None:
+    """Give every policy and dataset a label (default: the last part of its path) and check the grid's cells
+    name them; labels must be unique, since cell ids and stage keys are made of them."""
+    for kind, items in (("policies", prof.policies), ("datasets", prof.datasets)):
+        for item in items:
+            item.label = item.label or Path(item.name_or_path if kind == "policies" else item.path).name.split(":")[-1]
+            item.paper_name = item.paper_name or item.label
+            if not _NAME.fullmatch(item.label):
+                raise ConfigError(f"{source}: {kind}: label {item.label!r} must be letters, digits, '.', '_', '-'")
+        labels = [i.label for i in items]
+        if len(set(labels)) < len(labels):
+            raise ConfigError(f"{source}: {kind}: labels must be unique, got {labels} (set 'label' to tell them apart)")
+    known = {"policy": [p.label for p in prof.policies], "dataset": [d.label for d in prof.datasets]}
+    cells = [("grid.cells", i, c) for i, c in enumerate(prof.grid.cells)]
+    cells += [("grid.primary", None, prof.grid.primary)] if prof.grid.primary else []
+    for key, index, cell in cells:
+        for part in ("policy", "dataset"):
+            if getattr(cell, part) not in known[part]:
+                where = f"{key}[{index}].{part}" if index is not None else f"{key}.{part}"
+                raise ConfigError(f"{source}: {where}: {getattr(cell, part)!r} is not a {part} label of this "
+                                  f"profile; known: {known[part]}")
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def _check_paths(prof: Profile, source: str) -> None:
-    """Local model and data paths must exist; hub ids and ``miniature:`` names are resolved later."""
+    """Local model and data paths must exist; hub ids and world names (``<world>:<name>``) are resolved later."""
     checks = [(f"policies[{i}].name_or_path", m.name_or_path) for i, m in enumerate(prof.policies)]
     checks.append(("reward.model.name_or_path", prof.reward.model.name_or_path))
-    checks += [(f"datasets[{i}].path", d.path) for i, d in enumerate(prof.datasets) if d.format != "miniature"]
+    checks += [(f"datasets[{i}].path", d.path) for i, d in enumerate(prof.datasets)]
     for key, value in checks:
         if value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
             raise ConfigError(f"{source}: {key}: path '{value}' does not exist")

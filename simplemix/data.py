@@ -3,6 +3,7 @@
 Every loader reads through `datasets`, checks each row while normalizing it, and applies one policy per
 problem kind (``on_invalid``): stop with an error that names file, row and field, drop the row, or keep it.
 Nothing is dropped silently: the returned :class:`LoadReport` counts every dropped or flagged row.
+Owns the preference schema and its loaders; imports config and store.
 """
 
 from __future__ import annotations
@@ -532,3 +533,17 @@ def to_trl(ds: Dataset) -> Dataset:
         lambda row: {key: [{"role": "assistant", "content": row[key]}] for key in ("chosen", "rejected")},
         features=Features({"prompt": message, "chosen": message, "rejected": message}),
     )
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
+    """One JSON object per line (UTF-8, non-ASCII kept); the number of rows written."""
+    rows = list(rows)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return len(rows)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows :func:`write_jsonl` wrote."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -10,6 +10,7 @@ instruction i) = w_len * tanh(delta_len_i / sd) + w_diff * difficulty_i + w_mode
 logistic regression on the soft labels (C chosen by 5-fold cross-validation grouped by instruction), and
 predicted with the length term at zero. alpaca_eval also adds annotations of two length-gamed baselines (from the
 hub) as a prior; we do not have them, which matters only for models that game length.
+Owns the judges and the win-rate statistics; imports config, store and sampling (never a world).
 """
 
 from __future__ import annotations
@@ -60,19 +61,9 @@ def load_annotations(path: str | Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def baseline_outputs(run_dir: str | Path | None = None, miniature: bool = False) -> list[dict]:
-    """The baseline's outputs in alpaca_eval's format: GPT-4-turbo's on the 805 AlpacaEval instructions, or (for
-    the miniature world of ``run_dir``) the baseline generator's on the held-out prompts, with their category."""
-    if not miniature:
-        return [dict(r) for r in _baseline_rows()]
-    from simplemix.miniature.world import build_world
-
-    rows = build_world(run_dir, progress=False).baseline_responses()
-    # the miniature split can draw an open-ended prompt twice; tables are keyed by instruction: keep the first
-    first: dict[str, dict] = {}
-    for r in rows:
-        first.setdefault(r["instruction"], r | {"dataset": r["category"]})
-    return list(first.values())
+def alpaca_eval_baseline() -> list[dict]:
+    """GPT-4-turbo's outputs on the 805 AlpacaEval 2.0 instructions, in alpaca_eval's format (the baseline)."""
+    return [dict(r) for r in _baseline_rows()]
 
 
 def model_outputs(backend, generator: str, rows: list[dict] | None = None, *, max_new_tokens: int = 2048,
@@ -128,8 +119,8 @@ def _sigmoid(x):
 
 @dataclasses.dataclass
 class ScoreJudge:
-    """P(model beats baseline) = sigmoid(r_model - r_baseline) from a scalar scorer (a reward model or the
-    miniature oracle), as preference = 1 + P. A proxy: not comparable with leaderboard numbers."""
+    """P(model beats baseline) = sigmoid(r_model - r_baseline) from a scalar scorer (a reward model or
+    a programmatic oracle), as preference = 1 + P. A proxy: not comparable with leaderboard numbers."""
 
     scorer: object  # simplemix.reward.RewardScorer
     name: str = "reward-model proxy"

@@ -1,7 +1,9 @@
-"""Reward models and the miniature oracle behind one interface, and best/worst pair building.
+"""Reward scorers and best/worst pair building.
 
-A scorer maps (prompt messages, response) to a scalar. On-policy pairs take the best and the worst of N
-scored samples per prompt (the paper's recipe); off-policy pairs can be re-labelled by the same scorer.
+A scorer maps (prompt messages, response) to a scalar: a `transformers` sequence-classification RM here, or
+whatever a world provides behind the same :class:`RewardScorer` interface. On-policy pairs take the best and the
+worst of N scored samples per prompt (the paper's recipe); off-policy pairs can be re-labelled by the same scorer.
+Owns RewardScorer, HFRewardModel, build_pairs and rescore_pairs; imports only config and store.
 """
 
 from __future__ import annotations
@@ -11,14 +13,10 @@ import logging
 import math
 import time
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from simplemix.config import RewardConfig
 from simplemix.store import canonical_json, stable_hash
-
-if TYPE_CHECKING:
-    from simplemix.miniature.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -135,50 +133,6 @@ class HFRewardModel:
                 bar.update(len(batch))
         bar.close()
         return scores
-
-
-class OracleScorer:
-    """The miniature world's programmatic oracle behind the RewardScorer interface."""
-
-    name = "miniature:oracle"
-
-    def __init__(self, tasks_by_prompt: Mapping[str, Task]):
-        self.tasks_by_prompt = dict(tasks_by_prompt)
-
-    def task_of(self, prompt: list[dict]) -> Task:
-        """The task whose text is the prompt's last user message."""
-        text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
-        try:
-            return self.tasks_by_prompt[text]
-        except KeyError:
-            raise KeyError(f"the oracle knows no miniature task with the prompt {text!r}") from None
-
-    def score(self, prompts: list[list[dict]], responses: list[str], progress: bool = False) -> list[float]:
-        from tqdm import tqdm
-
-        from simplemix.miniature.oracle import judge
-
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; need one response per prompt")
-        pairs = tqdm(zip(prompts, responses), total=len(prompts), desc="reward oracle", unit="seq",
-                     disable=not progress)
-        return [judge(self.task_of(p), r).reward for p, r in pairs]
-
-
-def load_reward_model(cfg: RewardConfig, run_dir: str | Path | None = None) -> RewardScorer:
-    """``miniature:oracle`` over every task of the world in ``run_dir`` (the run's own world), else a
-    `transformers` RM."""
-    name = cfg.model.name_or_path
-    if not name.startswith("miniature:"):
-        return HFRewardModel(cfg)
-    from simplemix.miniature.world import ORACLE_NAME, build_world
-
-    if name != ORACLE_NAME:
-        raise ValueError(f"unknown miniature reward model '{name}'; the miniature world has '{ORACLE_NAME}'")
-    if run_dir is None:
-        raise ValueError(f"'{name}' scores the tasks of a miniature world: pass run_dir")
-    built = build_world(run_dir, progress=False)
-    return OracleScorer({t.prompt: t for split in ("sft", "train", "eval") for t in built.tasks(split)})
 
 
 def build_pairs(prompts: list[list[dict]], samples_per_prompt: list[list[str]], scores: list[list[float]], *,

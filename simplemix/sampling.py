@@ -1,4 +1,8 @@
-"""Generation from a policy: model loading (hub, local or miniature), two backends, diversity modes.
+"""Generation from a policy: model loading, two backends, diversity modes.
+
+Owns :class:`Policy` (a loadable model and the identity stage keys know it by) and everything that turns a
+policy and chat prompts into samples. Imports only :mod:`simplemix.config`; the world resolves model names
+to loadable policies before they reach this module.
 
 Both backends take chat prompts, render them with the policy's own chat template
 (``add_generation_prompt``) and return, per prompt, N samples with their text, token count and
@@ -27,25 +31,42 @@ class Sample:
     finish_reason: str  # "stop" (end-of-sequence token) or "length" (max_new_tokens reached)
 
 
-def resolve_model_path(name_or_path: str, run_dir: str | Path | None = None) -> str:
-    """A hub id or local path as is; ``miniature:sft-policy`` built (or fetched) in ``run_dir``."""
-    if not name_or_path.startswith("miniature:"):
-        return name_or_path
-    from simplemix.miniature.world import POLICY_NAME, build_world
+@dataclass(frozen=True)
+class Policy:
+    """A model to load and what stage keys know it by.
 
-    if name_or_path != POLICY_NAME:
-        raise ValueError(f"unknown miniature model '{name_or_path}'; the miniature world has '{POLICY_NAME}'")
-    if run_dir is None:
-        raise ValueError(f"'{name_or_path}' lives in a run directory: pass run_dir")
-    return str(build_world(run_dir).policy_dir)
+    ``model.name_or_path`` is a hub id or a local directory (the world resolves its own names first).
+    ``key`` is the JSON-able identity every stage that uses the model is keyed on: the model config for a
+    hub model, the run-store entry behind a model a world or a training run built.
+    """
+
+    model: ModelConfig
+    key: dict
+    label: str = ""
+
+    @classmethod
+    def of(cls, model: ModelConfig, label: str = "") -> "Policy":
+        """A hub or local model, keyed by its config."""
+        return cls(model, {"model": dataclasses.asdict(model)}, label or Path(model.name_or_path).name)
+
+    @classmethod
+    def trained(cls, entry, base: "Policy", label: str = "") -> "Policy":
+        """The result of a ``train`` stage entry (a model or LoRA adapter directory), loaded like ``base``."""
+        model = dataclasses.replace(base.model, name_or_path=str(entry.path))
+        return cls(model, {"train": entry.key}, label or entry.manifest.get("info", {}).get("name", entry.key))
 
 
-def load_policy(cfg: ModelConfig, run_dir: str | Path | None = None):
-    """(model, tokenizer) through ``from_pretrained``: the same path for the hub and the miniature world."""
+def as_policy(policy: "Policy | ModelConfig") -> Policy:
+    return policy if isinstance(policy, Policy) else Policy.of(policy)
+
+
+def load_policy(policy: "Policy | ModelConfig"):
+    """(model, tokenizer) through ``from_pretrained``, left-padded for generation."""
     import torch
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(cfg.name_or_path, run_dir)
+    cfg = as_policy(policy).model
+    path = cfg.name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -133,8 +154,8 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model_cfg: ModelConfig, run_dir: str | Path | None = None, batch_token_budget: int = 8192):
-        self.model, self.tokenizer = load_policy(model_cfg, run_dir)
+    def __init__(self, policy: Policy | ModelConfig, batch_token_budget: int = 8192):
+        self.model, self.tokenizer = load_policy(policy)
         self.batch_token_budget = batch_token_budget
 
     def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, progress=False):
@@ -148,12 +169,12 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model_cfg: ModelConfig, run_dir: str | Path | None = None, tensor_parallel_size: int = 1,
-                 seed: int = 0):
+    def __init__(self, policy: Policy | ModelConfig, tensor_parallel_size: int = 1, seed: int = 0):
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        path = resolve_model_path(model_cfg.name_or_path, run_dir)
+        model_cfg = as_policy(policy).model
+        path = model_cfg.name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision)
         self.llm = LLM(model=path, revision=model_cfg.revision, tensor_parallel_size=tensor_parallel_size,
                        dtype=model_cfg.torch_dtype, seed=seed, trust_remote_code=model_cfg.trust_remote_code)
@@ -169,7 +190,7 @@ class VLLMBackend:
                  for c in out.outputs] for out in outputs]
 
 
-def load_backend(cfg: SamplingConfig, model_cfg: ModelConfig, run_dir: str | Path | None = None) -> Backend:
+def load_backend(cfg: SamplingConfig, policy: Policy | ModelConfig) -> Backend:
     """The backend the profile asks for; vLLM needs the ``gpu`` extra and says so when it is missing."""
     if cfg.backend == "vllm":
         try:
@@ -177,8 +198,8 @@ def load_backend(cfg: SamplingConfig, model_cfg: ModelConfig, run_dir: str | Pat
         except ImportError:
             raise ImportError("sampling.backend is 'vllm' but vllm is not installed: pip install -c "
                               "constraints-gpu.txt -e '.[gpu]', or set sampling.backend=transformers") from None
-        return VLLMBackend(model_cfg, run_dir, cfg.tensor_parallel_size, cfg.seed)
-    return TransformersBackend(model_cfg, run_dir, cfg.batch_token_budget)
+        return VLLMBackend(policy, cfg.tensor_parallel_size, cfg.seed)
+    return TransformersBackend(policy, cfg.batch_token_budget)
 
 
 def sample_settings(cfg: SamplingConfig) -> dict:

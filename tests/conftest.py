@@ -6,7 +6,8 @@ from simplemix.miniature.policy import PolicyConfig
 from simplemix.miniature.world import WorldConfig, build_world
 
 # Enough prompts for every category and split, and a policy trained just enough to emit text.
-TINY = WorldConfig(sft_prompts=12, train_prompts=8, eval_prompts=3, policy=PolicyConfig(sft_steps=30, batch_size=8))
+TINY = WorldConfig(sft_prompts=12, train_prompts=8, eval_prompts=3, train_hs2_prompts=6,
+                   policy=PolicyConfig(sft_steps=30, weak_sft_steps=15, batch_size=8))
 
 
 @pytest.fixture
@@ -22,3 +23,18 @@ def tiny_run_module(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-world")
     build_world(path, TINY, progress=False)
     return path
+
+
+def tiny_world(run_dir, overrides=None):
+    """The smoke profile's world over ``run_dir`` (whose miniature world a fixture built), with overrides."""
+    from simplemix.config import load_profile
+    from simplemix.world import resolve
+
+    return resolve(load_profile("smoke", overrides), run_dir)
+
+
+def tiny_policy(run_dir, name: str = "miniature:sft-policy"):
+    """A miniature SFT policy of the world in ``run_dir`` as a loadable, keyed ``Policy``."""
+    from simplemix.config import ModelConfig
+
+    return tiny_world(run_dir).policy(ModelConfig(name_or_path=name))

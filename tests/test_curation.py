@@ -4,10 +4,11 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import tiny_policy
 from datasets import Dataset
 
 from simplemix import curation, data
-from simplemix.config import FilterConfig, MixingConfig, ModelConfig
+from simplemix.config import FilterConfig, MixingConfig
 from simplemix.miniature.world import build_world
 from simplemix.sampling import load_policy
 
@@ -102,7 +103,7 @@ def test_mix_from_config_filters_the_off_policy_pairs_first():
 
 @pytest.fixture(scope="module")
 def world(tiny_run_module):
-    model, tokenizer = load_policy(ModelConfig(name_or_path="miniature:sft-policy"), tiny_run_module)
+    model, tokenizer = load_policy(tiny_policy(tiny_run_module))
     return model, tokenizer, build_world(tiny_run_module, progress=False).off_policy_pairs().select(range(6))
 
 
@@ -134,7 +135,7 @@ def test_on_policiness_matches_trl_reference_logps(world, tiny_run_module, tmp_p
     from trl import DPOConfig, DPOTrainer
 
     _, tokenizer, ds = world  # a model of its own: the trainer may change the one the other tests share
-    model, _ = load_policy(ModelConfig(name_or_path="miniature:sft-policy"), tiny_run_module)
+    model, _ = load_policy(tiny_policy(tiny_run_module))
     args = DPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to=[], per_device_train_batch_size=2,
                      max_length=512, precompute_ref_log_probs=True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data.to_trl(ds), processing_class=tokenizer)

@@ -10,7 +10,7 @@ from simplemix.miniature import generators, tasks
 from simplemix.miniature.oracle import judge, length_bonus
 from simplemix.miniature.tasks import FIT, Task
 from simplemix.miniature.world import WorldConfig, build_world
-from conftest import TINY
+from conftest import TINY, tiny_policy
 
 MATH = Task("math", "What is 7 plus 5?", {"answer": "12", "a": 7, "b": 5, "op": "+"})
 CODE = Task("coding", "Reverse the word 'cat'.", {"answer": "tac", "op": "reverse", "arg": "cat"})
@@ -121,11 +121,10 @@ def test_pool_pairs_load_through_the_data_layer(tmp_path):
 
 
 def test_policy_reloads_through_the_hub_loading_path_and_chats(tmp_path):
-    from simplemix.config import ModelConfig
     from simplemix.sampling import generate, load_policy
 
     build_world(tmp_path, TINY, progress=False)
-    model, tokenizer = load_policy(ModelConfig(name_or_path="miniature:sft-policy"), run_dir=tmp_path)
+    model, tokenizer = load_policy(tiny_policy(tmp_path))
     assert type(model).__name__ == "LlamaForCausalLM"
     rendered = tokenizer.apply_chat_template(MATH.messages(), add_generation_prompt=True, tokenize=False)
     assert rendered == "<|bos|><|user|>What is 7 plus 5?<|end|><|assistant|>"

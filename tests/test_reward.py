@@ -10,11 +10,10 @@ import torch
 
 from simplemix import data
 from simplemix.config import ModelConfig, RewardConfig
-from simplemix.miniature.oracle import judge
+from simplemix.miniature.oracle import OracleScorer, judge
 from simplemix.miniature.policy import CHAT_TEMPLATE as POLICY_TEMPLATE
 from simplemix.miniature.tasks import Task
-from simplemix.reward import (HFRewardModel, OracleScorer, batch_by_tokens, build_pairs, load_reward_model,
-                              rescore_pairs, resolve_dtype)
+from simplemix.reward import HFRewardModel, batch_by_tokens, build_pairs, rescore_pairs, resolve_dtype
 
 MATH = Task("math", "What is 7 plus 5?", {"answer": "12", "a": 7, "b": 5, "op": "+"})
 RECO = Task("recommendation", "Recommend a book for a rainy day.", {"thing": "book", "occasion": "rainy day"})
@@ -220,25 +219,38 @@ def test_oracle_scorer_is_the_oracle():
         scorer.score([conversation("What is 1 plus 1?")], ["2"])
 
 
-def test_load_reward_model_gives_the_oracle_over_every_split(tiny_run):
-    from simplemix.miniature.world import build_world
+def test_the_miniature_worlds_reward_is_the_oracle_over_every_split(tiny_run):
+    from conftest import tiny_world
+    from simplemix.config import ConfigError
+    from simplemix.miniature.world import SPLITS
 
-    cfg = RewardConfig(model=ModelConfig(name_or_path="miniature:oracle"))
-    scorer = load_reward_model(cfg, tiny_run)
-    world = build_world(tiny_run, progress=False)
-    tasks = [t for split in ("sft", "train", "eval") for t in world.tasks(split)]
+    world = tiny_world(tiny_run)
+    scorer = world.reward()
+    tasks = [t for split in SPLITS for t in world.built.tasks(split)]
+    assert set(SPLITS) == {"sft", "train", "eval", "train_hs2"}
     assert isinstance(scorer, OracleScorer) and scorer.name == "miniature:oracle"
     assert {t.prompt for t in tasks} == set(scorer.tasks_by_prompt)
     responses = ["The answer is 12.", "Output: tac", "I recommend Orbit Run because it fits."]
     for task in tasks:
         scores = scorer.score([task.messages()] * len(responses), responses)
         assert scores == [judge(task, r).reward for r in responses]
-    with pytest.raises(ValueError, match="miniature:nope"):
-        load_reward_model(RewardConfig(model=ModelConfig(name_or_path="miniature:nope")), tiny_run)
+    with pytest.raises(ConfigError, match="miniature:nope"):
+        tiny_world(tiny_run, ["reward.model.name_or_path=miniature:nope"]).reward()
 
 
-def test_load_reward_model_loads_a_local_transformers_rm(rm_dir):
-    assert isinstance(load_reward_model(reward_cfg(rm_dir)), HFRewardModel)
+def test_a_hub_worlds_reward_is_a_local_transformers_rm(rm_dir, tmp_path):
+    from simplemix.config import load_profile
+    from simplemix.world import HubWorld, resolve
+
+    prof = load_profile("single-gpu", [f"reward.model.name_or_path={rm_dir}", "reward.model.torch_dtype=float32",
+                                       "reward.model.attn_implementation=null"])
+    world = resolve(prof, tmp_path)
+    assert isinstance(world, HubWorld)
+    scorer = world.reward()
+    assert isinstance(scorer, HFRewardModel) and scorer.name == str(rm_dir) and world.reward() is scorer
+    direct = HFRewardModel(reward_cfg(rm_dir))
+    prompt, answer = [conversation("what is seven plus five")], ["the answer is twelve"]
+    assert scorer.score(prompt, answer) == pytest.approx(direct.score(prompt, answer), abs=1e-6)
 
 
 PROMPTS = [conversation(f"question {k}") for k in range(5)]

@@ -4,12 +4,12 @@ import sys
 import types
 
 import pytest
+from conftest import tiny_policy
 
-from simplemix.config import PAPER_DIVERSITY_PROMPT, ModelConfig, SamplingConfig
+from simplemix.config import PAPER_DIVERSITY_PROMPT, SamplingConfig
 from simplemix.miniature.world import POLICY_NAME, build_world
 from simplemix.sampling import (Sample, TransformersBackend, diversity_variants, generate, load_backend,
                                 load_policy, render, sample_prompts)
-
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def world_dir(tiny_run_module):
 
 @pytest.fixture(scope="module")
 def policy(world_dir):
-    return load_policy(ModelConfig(name_or_path=POLICY_NAME), world_dir)
+    return load_policy(tiny_policy(world_dir, POLICY_NAME))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_diversity_variants_are_the_papers_table_3_schemes():
 
 
 def test_prompting_mode_runs_on_the_real_policy(world_dir, prompts):
-    backend = TransformersBackend(ModelConfig(name_or_path=POLICY_NAME), world_dir)
+    backend = TransformersBackend(tiny_policy(world_dir, POLICY_NAME))
     out = sample_prompts(backend, prompts[:3], SamplingConfig(num_samples=2, diversity="prompting",
                                                               max_new_tokens=8, temperature=1.0))
     assert [len(g) for g in out] == [2, 2, 2]
@@ -150,7 +150,7 @@ def test_vllm_backend_passes_token_ids_and_sampling_params(world_dir, monkeypatc
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     cfg = SamplingConfig(backend="vllm", num_samples=2, temperature=0.7, top_p=0.9, max_new_tokens=9, seed=3,
                          tensor_parallel_size=2)
-    backend = load_backend(cfg, ModelConfig(name_or_path=POLICY_NAME), world_dir)
+    backend = load_backend(cfg, tiny_policy(world_dir, POLICY_NAME))
     question = [{"role": "user", "content": "What is 2 plus 2?"}]
     (samples,) = sample_prompts(backend, [question], cfg)
     assert samples == [Sample("hi", 2, "stop"), Sample("lo", 9, "length")]
@@ -164,4 +164,4 @@ def test_vllm_backend_passes_token_ids_and_sampling_params(world_dir, monkeypatc
 def test_vllm_missing_is_a_clear_error(world_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match="vllm is not installed.*sampling.backend=transformers"):
-        load_backend(SamplingConfig(backend="vllm"), ModelConfig(name_or_path=POLICY_NAME), world_dir)
+        load_backend(SamplingConfig(backend="vllm"), tiny_policy(world_dir, POLICY_NAME))

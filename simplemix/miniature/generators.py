@@ -3,6 +3,7 @@
 Each generator is a *style*: how often it is right on verifiable tasks, whether it formats and
 shows its work, which moods it writes in, how good its taste in items is, and how much filler it
 adds. Like UltraFeedback's 17 models they differ in quality and in what they are good at.
+Owns the scripted generators; imports miniature.tasks.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Verifiable tasks score exact correctness plus format; open-ended tasks score a h
 with several equally good modes (any one mood kept throughout a line that also names the prompt's
 setting; an item that suits the occasion, with a reason), plus a mild bonus for length, as LLM
 judges have, so that length control matters.
+Owns the oracle and its scorer; imports miniature.tasks.
 """
 
 from __future__ import annotations
@@ -114,3 +115,29 @@ def judge_table(tasks: list[Task], responses: list[str], source: str):
         rows.append({"source": source, "category": task.category, "prompt": task.prompt, "response": response,
                      "reward": j.reward, "correct": j.correct, "length": len(response)})
     return pd.DataFrame(rows)
+
+
+class OracleScorer:
+    """The oracle behind the reward-scorer interface (``score(prompts, responses)``): the world's reward model."""
+
+    name = "miniature:oracle"
+
+    def __init__(self, tasks_by_prompt: dict[str, Task]):
+        self.tasks_by_prompt = dict(tasks_by_prompt)
+
+    def task_of(self, prompt: list[dict]) -> Task:
+        """The task whose text is the prompt's last user message."""
+        text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+        try:
+            return self.tasks_by_prompt[text]
+        except KeyError:
+            raise KeyError(f"the oracle knows no miniature task with the prompt {text!r}") from None
+
+    def score(self, prompts: list[list[dict]], responses: list[str], progress: bool = False) -> list[float]:
+        from tqdm import tqdm
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; need one response per prompt")
+        pairs = tqdm(zip(prompts, responses), total=len(prompts), desc="reward oracle", unit="seq",
+                     disable=not progress)
+        return [judge(self.task_of(p), r).reward for p, r in pairs]

@@ -2,6 +2,7 @@
 
 Both are saved with ``save_pretrained`` (chat template included) so that every later stage loads
 them exactly as it would load a model from the hub.
+Owns the tokenizer and SFT training; imports nothing else of simplemix.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PolicyConfig:
     intermediate_size: int = 352
     max_position_embeddings: int = 512  # room for the multi-turn conversations of 'prompting' diversity
     sft_steps: int = 1200
+    weak_sft_steps: int = 300  # the weaker SFT policy is the same run saved after this many steps
     batch_size: int = 32
     learning_rate: float = 3e-3
     seed: int = 0
@@ -83,11 +85,12 @@ def _encode(tokenizer, messages: list[dict], response: str) -> tuple[list[int], 
 
 
 def train_sft(tokenizer, demos: list[tuple[list[dict], str]], cfg: PolicyConfig, out_dir: Path,
-              progress: bool = True) -> dict:
-    """Supervised fine-tuning of a fresh tiny Llama on (messages, response) pairs; loss on responses only."""
+              progress: bool = True, weak_dir: Path | None = None) -> dict:
+    """Supervised fine-tuning of a fresh tiny Llama on (messages, response) pairs; loss on responses only.
+    With ``weak_dir``, the model after ``cfg.weak_sft_steps`` steps is saved there too: a weaker SFT policy."""
     import torch
     from tqdm import tqdm
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     with deterministic(cfg.seed):
         model = LlamaForCausalLM(LlamaConfig(
@@ -123,12 +126,24 @@ def train_sft(tokenizer, demos: list[tuple[list[dict], str]], cfg: PolicyConfig,
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            if weak_dir is not None and step + 1 == min(cfg.weak_sft_steps, cfg.sft_steps):
+                _save(model, tokenizer, weak_dir)
         model.eval()
+    _save(model, tokenizer, out_dir)
+    tail = losses[-50:]
+    return {"parameters": sum(p.numel() for p in model.parameters()), "demonstrations": len(demos),
+            "final_loss": round(sum(tail) / len(tail), 4), "first_loss": round(losses[0], 4)}
+
+
+def _save(model, tokenizer, out_dir: Path) -> None:
+    """``save_pretrained`` of the model (greedy generation config, eval mode) and its tokenizer."""
+    from transformers import GenerationConfig
+
+    training = model.training
+    model.eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    tail = losses[-50:]
-    return {"parameters": sum(p.numel() for p in model.parameters()), "demonstrations": len(demos),
-            "final_loss": round(sum(tail) / len(tail), 4), "first_loss": round(losses[0], 4)}
+    model.train(training)

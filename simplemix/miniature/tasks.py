@@ -4,6 +4,7 @@ Two are verifiable with one right answer (``math``: arithmetic word problems; ``
 string and list manipulations), two are open-ended with many good answers (``creative``: a short
 line about a topic; ``recommendation``: an item to suggest, with a reason). Every prompt carries the
 hidden facts the oracle needs (``answer``, ``topic``, ``thing``, ``occasion``) in ``meta``.
+Owns the prompt families and splits; imports nothing else of simplemix.
 """
 
 from __future__ import annotations
