@@ -1,4 +1,7 @@
-"""The ``simplemix`` command: inspect profiles, run the notebooks, render the book, read a run's status."""
+"""The ``simplemix`` command: inspect profiles, run the notebooks, render the book, read a run's status.
+
+Owns the command line; imports every module it dispatches to, lazily.
+"""
 
 from __future__ import annotations
 
@@ -19,51 +22,68 @@ def _status(args: argparse.Namespace) -> int:
     return store.status_main(args.run)
 
 
-def _onpolicy(args: argparse.Namespace) -> int:
-    from simplemix import config, onpolicy
+def _world(args: argparse.Namespace, default: str = "grid"):
+    """(profile, world, cells) of a command's --profile, --set, --run and --cell (default: the ``default``
+    cells, "grid" or "primary")."""
+    from simplemix import config, world
 
     prof = config.load_profile(args.profile, args.set)
-    run_dir = args.run or config.default_run_dir(prof.name)
-    if args.dry_run:
-        for row in onpolicy.plan(prof, run_dir):
-            print(f"{row['stage']} {row['key']}: {row['prompts']} prompts x {prof.sampling.num_samples} samples "
-                  f"= {row['samples']} samples in {row['shards']} shards; {row['state']} (run {run_dir})")
-        return 0
-    for name, entry in onpolicy.on_policy_pairs(prof, run_dir).items():
-        print(f"{name:<8} {entry.key} {'cached' if entry.hit else 'computed'}  {entry.path}")
+    resolved = world.resolve(prof, args.run or config.default_run_dir(prof.name))
+    cells = [resolved.cell(c) for c in args.cell] if args.cell else resolved.cells(default)
+    return prof, resolved, cells
+
+
+def _onpolicy(args: argparse.Namespace) -> int:
+    from simplemix import onpolicy
+
+    prof, world, cells = _world(args)
+    for cell in cells:
+        if args.dry_run:
+            for row in onpolicy.plan(world, cell):
+                print(f"{cell.id}: {row['stage']} {row['key']}: {row['prompts']} prompts x "
+                      f"{prof.sampling.num_samples} samples = {row['samples']} samples in {row['shards']} shards; "
+                      f"{row['state']} (run {world.run_dir})")
+            continue
+        for name, entry in onpolicy.on_policy_pairs(world, cell).items():
+            print(f"{cell.id}: {name:<8} {entry.key} {'cached' if entry.hit else 'computed'}  {entry.path}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from simplemix import config, experiments, launch
+    from simplemix import config, launch, methods
 
-    prof = config.load_profile(args.profile, args.set)
-    run_dir = str(Path(args.run or config.default_run_dir(prof.name)).resolve())
+    args.run = str(Path(args.run or config.default_run_dir(config.load_profile(args.profile, args.set).name)).resolve())
+    prof, world, cells = _world(args, default="primary")
+    if len(cells) != 1:
+        raise config.ConfigError(f"train: choose one cell with --cell; profile {prof.name!r} has "
+                                 f"{[c.id for c in world.cells()]}")
+    cell, run_dir = cells[0], args.run
     if args.method == "simplemix" and args.on_fraction is not None and not 0 <= args.on_fraction <= 1:
         raise config.ConfigError(f"--on-fraction must be in [0, 1], got {args.on_fraction}")
+    methods.check(prof, args.method)
     common = {"on_fraction": args.on_fraction, "max_steps": args.max_steps}
     launched = prof.training.num_processes > 1 and not args.worker
     if launched:
         files = launch.accelerate_files(prof, Path(run_dir) / "launch")
-        forwarded = ["--profile", args.profile, "--method", args.method, "--run", run_dir]
+        forwarded = ["--profile", args.profile, "--method", args.method, "--run", run_dir, "--cell", cell.id]
         forwarded += [f"--set={kv}" for kv in args.set]
         forwarded += [x for k, v in common.items() if v is not None for x in (f"--{k.replace('_', '-')}", str(v))]
         command = launch.worker_command(files[0], forwarded)
         if args.dry_run:
-            print(f"{args.method} on profile {prof.name!r}: data stages here, training in "
+            print(f"{args.method} in cell {cell.id} of profile {prof.name!r}: data stages here, training in "
                   f"{prof.training.num_processes} processes (run {run_dir})")
             print(launch.describe(command, list(files)))
             return 0
-        entry = experiments.run_method(prof, run_dir, args.method, train_fn=launch.launched_train(command),
-                                       **common)
+        entry = methods.train_method(world, cell, args.method, train_fn=launch.launched_train(command),
+                                     **common)[-1]
     else:
         if args.dry_run:
-            print(f"{args.method} on profile {prof.name!r}: one process, {prof.training.finetuning} fine-tuning "
-                  f"(run {run_dir}); no launch command")
+            print(f"{args.method} in cell {cell.id} of profile {prof.name!r}: one process, "
+                  f"{prof.training.finetuning} fine-tuning (run {run_dir}); no launch command")
             return 0
-        entry = experiments.run_method(prof, run_dir, args.method, upto_round=args.upto_round, **common)
+        entry = methods.train_method(world, cell, args.method, upto_round=args.upto_round, **common)[-1]
     if not args.worker:  # the launcher reports what its workers stored
         state = "trained by the launched workers" if launched else "cached" if entry.hit else "computed"
         print(f"train {entry.key} {state}  {entry.path}")
@@ -73,7 +93,15 @@ def _train(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from simplemix import config, runner
 
-    config.load_profile(args.profile)  # fail on a bad profile before anything executes
+    prof = config.load_profile(args.profile)  # fail on a bad profile before anything executes
+    if args.dry_run:
+        from pathlib import Path
+
+        from simplemix import plan, world
+
+        run_dir = Path(args.runs_dir) / Path(args.profile).stem
+        print(plan.report(plan.plan(world.resolve(prof, run_dir), runner.notebooks(args.only))))
+        return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     return runner.run_notebooks(args.profile, only=args.only, runs_dir=args.runs_dir, jobs=args.jobs, gpus=gpus,
                                 force=args.force)
@@ -105,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     onp.add_argument("--profile", default="smoke")
     onp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     onp.add_argument("--run", default=None, help="run directory (default runs/<profile>)")
+    onp.add_argument("--cell", action="append", default=[], help="a cell id (repeatable; default: every cell)")
     onp.add_argument("--dry-run", action="store_true", help="print what would be computed and what is cached")
     onp.set_defaults(func=_onpolicy)
 
@@ -115,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--on-fraction", type=float, default=None, help="SimpleMix's r (default mixing.on_policy_fraction)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     tr.add_argument("--run", default=None, help="run directory (default runs/<profile>)")
+    tr.add_argument("--cell", action="append", default=[],
+                    help="the cell id, <policy label>__<dataset label> (default: the profile's primary cell)")
     tr.add_argument("--max-steps", type=int, default=None, help="stop each training run after this many steps")
     tr.add_argument("--dry-run", action="store_true", help="print the launch command and configs; compute nothing")
     tr.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by the launcher
@@ -128,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1)")
     run.add_argument("--gpus", default=None, help="comma-separated GPU ids; notebooks run in parallel, one per GPU")
     run.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list every stage each chapter would request, what is shared and stored, and the work")
     run.set_defaults(func=_run)
 
     book = sub.add_parser("book", help="render the executed notebooks of a run and the chapters to HTML")

@@ -2,6 +2,7 @@
 
 The repository root is the book's source. Rendering happens from a staged copy in the run
 directory in which the notebooks are the executed ones, so the source tree never holds outputs.
+Owns the papermill batch and the book build; imports config.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
         env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # figures must render inline
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        if workers > 1 and "OMP_NUM_THREADS" not in env:
+            # notebooks running side by side share the cores: torch's default (all of them each) oversubscribes
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / nb.name), "-p", "profile", profile,
                "-p", "run_dir", str(run_dir), "--cwd", str(source or REPO / "notebooks"), "-k", "python3", "--log-output",
                "--no-progress-bar"]
@@ -181,11 +185,16 @@ def record(run_dir: str | Path, chapter: str, values: dict) -> Path:
     """Merge a chapter's headline numbers into ``<run_dir>/results.json`` (what the book's prose quotes)."""
     import json
 
+    import fcntl
+    import os
+
     path = Path(run_dir) / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[chapter] = {**results.get(chapter, {}), **values}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True, default=float) + "\n")
-    tmp.replace(path)
+    with open(path.with_suffix(".lock"), "a") as lock:  # chapters running side by side record one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[chapter] = {**results.get(chapter, {}), **values}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=1, sort_keys=True, default=float) + "\n")
+        tmp.replace(path)
     return path

@@ -1,0 +1,79 @@
+"""The batch dry run: the paper's grid cell by cell, sharing between chapters, and what is already stored."""
+
+import subprocess
+import sys
+
+from conftest import tiny_world
+
+from simplemix import onpolicy, plan, runner, world
+from simplemix.config import load_profile
+
+TABLE2 = "03_simplemix_and_baselines"
+
+
+def _paper(tmp_path):
+    return plan.plan(world.resolve(load_profile("paper"), tmp_path), runner.notebooks())
+
+
+def test_paper_runs_table2_on_four_cells_and_the_other_chapters_on_the_primary_one(tmp_path):
+    planner = _paper(tmp_path)
+    cells = planner.cells
+    assert sorted(cells[TABLE2]) == sorted(f"{p}__{d}" for p in ("llama-3.1-instruct", "tulu-3-sft")
+                                           for d in ("ultrafeedback", "helpsteer2"))
+    for chapter, ids in cells.items():
+        if chapter != TABLE2:
+            assert ids == ["llama-3.1-instruct__ultrafeedback"], chapter
+
+
+def test_no_request_of_one_cell_is_keyed_like_another_cells(tmp_path):
+    planner = _paper(tmp_path)
+    prof = planner.prof
+    for request_id, owners in planner.owners.items():
+        assert len(owners) == 1, (planner.requests[request_id].stage, owners)
+    # the datasets are never merged: each cell's off-policy data is exactly one of the profile's datasets
+    # (relabelling a dataset by the reward model does not depend on the policy: one request per dataset)
+    off = [r for r in planner.requests.values() if r.stage == "off-policy"]
+    assert sorted(r.cell for r in off) == ["dataset:helpsteer2", "dataset:ultrafeedback"]
+    for r in off:
+        (dataset,) = [d for d in prof.datasets if d.label == r.cell.split(":")[1]]
+        assert r.what["dataset"]["path"] == dataset.path
+    for r in planner.requests.values():
+        if r.stage == "samples":
+            policy, dataset = r.cell.split("__")
+            assert r.what["dataset"]["path"] == next(
+                d.path for d in prof.datasets if d.label == dataset)
+    # what only the SFT policy determines (its evaluation) is one request per policy, shared by its cells
+    sft = [r for r in planner.requests.values() if r.stage == "evaluation" and r.label == "SFT"]
+    assert sorted(r.cell for r in sft) == ["policy:llama-3.1-instruct", "policy:tulu-3-sft"]
+    per_cell = [r for r in planner.requests.values() if r.stage in ("samples", "train")]
+    assert {r.cell for r in per_cell} == set(planner.cells[TABLE2])
+
+
+def test_sharing_is_counted_and_reported(tmp_path):
+    planner = _paper(tmp_path)
+    totals = plan.totals(planner)
+    # chapter 02's on-policy pairs are chapter 03's, 04's (T=0.7) and 05's (r=1): asked for more often than computed
+    assert 0 < totals["ratio"]["generations"] < 1 and 0 < totals["ratio"]["pair_epochs"] < 1
+    on = [r for r in planner.requests.values() if r.stage == "train" and r.label == "on"]
+    assert len(on) == 4 and max(len(r.chapters) for r in on) == 4
+    text = plan.report(planner)
+    assert "03_simplemix_and_baselines: 4 cell(s)" in text and "ratio" in text
+
+
+def test_cli_dry_run_computes_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "simplemix.cli", "run", "--profile", "paper", "--dry-run",
+                          "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "llama-3.1-instruct__helpsteer2" in out.stdout and "with sharing" in out.stdout
+    assert not (tmp_path / "paper" / "stages").exists()
+
+
+def test_stored_requests_are_found_by_their_real_keys(tiny_run):
+    w = tiny_world(tiny_run, ["mixing.total_pairs=12"])
+    before = plan.plan(w, runner.notebooks(["02"]))
+    samples = [r for r in before.requests.values() if r.stage == "samples"]
+    assert [r.stored for r in samples] == [False]
+    onpolicy.on_policy_pairs(w, w.cell(), progress=False)
+    after = plan.plan(w, runner.notebooks(["02"]))
+    assert [r.stored for r in after.requests.values() if r.stage == "samples"] == [True]
+    assert [r.stored for r in after.requests.values() if r.stage == "off-policy"] == [False]
