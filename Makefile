@@ -3,6 +3,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 PROFILE ?= smoke
+JOBS    ?= 2
 PY      := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -11,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: book test install clean
 
 book: $(VENV)/.installed  ## run every notebook of PROFILE with papermill, then render the HTML book
-	$(PY) -m simplemix.cli run --profile $(PROFILE)
+	$(PY) -m simplemix.cli run --profile $(PROFILE) --jobs $(JOBS)
 	$(PY) -m simplemix.cli book --run runs/$(PROFILE)
 
 test: $(VENV)/.installed  ## unit and integration tests, then every notebook with its defaults

@@ -48,13 +48,13 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from simplemix.config import ModelConfig, default_run_dir
-    from simplemix.miniature.world import POLICY_NAME, build_world
+    from simplemix.miniature.world import build_world
     from simplemix.sampling import load_policy
 
     run_dir = args.run_dir or default_run_dir("smoke")
     world = build_world(run_dir, progress=False)
     prompts = [t.messages() for t in world.tasks("train")[: args.prompts]]
-    model, tokenizer = load_policy(ModelConfig(name_or_path=POLICY_NAME), run_dir)
+    model, tokenizer = load_policy(ModelConfig(name_or_path=str(world.policy_dir)))
     torch.manual_seed(0)
     big = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=768, intermediate_size=2048, num_hidden_layers=12,

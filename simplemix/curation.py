@@ -2,6 +2,7 @@
 
 ``mix`` draws a fixed budget of pairs from the on- and off-policy sources in a given ratio; the filters score
 off-policy pairs (quality, contrastiveness, on-policiness, dissimilarity) and ``filter_top`` keeps the best.
+Owns the mixer and the filters; imports config and data.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ start)``, with one ``torch.multinomial`` over all of the batch's rows per step (
 included, rows ordered prompt-major as ``repeat_interleave`` gives). That is the draw sequence of transformers'
 sampling loop, so a one-batch call with identical models and weights summing to one draws the same tokens as
 ``torch.manual_seed(seed); model.generate(do_sample=True, top_k=0, ...)``, up to float rounding of the fusion.
+Owns the fused sampler; imports sampling.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ multiple-choice column is ``acc``; ``acc_norm`` still appears in the table (``re
 comparison, and ``metrics=`` switches any column to it. The numbers are also consistent with each task's
 default shot count (0 for all eight) and with prompts given without a chat template (the baseline's 44.00 on
 IFEval is far below what the same model reaches with its template), which are this wrapper's defaults.
+Owns the lm-eval wrapper; imports nothing else of simplemix at import time.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Figures in one style: per-category bars, distributions, and a provenance line on every figure.
 
 Every figure a reader compares carries a footer saying what produced it (profile, models, hardware),
-so a miniature measurement is never mistaken for the paper's.
+so a small-scale measurement is never mistaken for the paper's.
+Owns the book's figure style; imports nothing else of simplemix.
 """
 
 from __future__ import annotations

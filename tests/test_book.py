@@ -27,7 +27,7 @@ def smoke_book(tmp_path_factory):
     mp.setenv("HF_HUB_OFFLINE", "1")
     try:
         # force: up-to-date chapters would otherwise be skipped, and the secret must be in their environment
-        assert runner.run_notebooks("smoke", runs_dir=runner.REPO / "runs", force=True) == 0
+        assert runner.run_notebooks("smoke", runs_dir=runner.REPO / "runs", force=True, jobs=2) == 0  # as make book
         run_dir = runner.REPO / "runs" / "smoke"
         assert runner.build_book(run_dir) == 0
     finally:
