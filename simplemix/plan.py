@@ -5,7 +5,8 @@ exists. The plan therefore names each request by what determines it (stage, cell
 is built on) with the same identities the pipeline shares by: the SFT policy's evaluation does not depend on the
 dataset, a pair set is (sources, fraction r, budget, seed) with r = 0 and r = 1 reading one source only, HyPO
 trains on off-policy DPO's pairs. Each chapter's requests are read from its own ``parameters`` cell (which cells,
-ratios, seeds, criteria), so the plan follows the notebooks. Owns the plan; imports config, world and runner.
+ratios, seeds, criteria), so the plan follows the notebooks. Owns the plan; imports config, store, sampling and
+world, and onpolicy and experiments to look up the real keys of what is stored.
 """
 
 from __future__ import annotations
