@@ -10,7 +10,7 @@ instruction i) = w_len * tanh(delta_len_i / sd) + w_diff * difficulty_i + w_mode
 logistic regression on the soft labels (C chosen by 5-fold cross-validation grouped by instruction), and
 predicted with the length term at zero. alpaca_eval also adds annotations of two length-gamed baselines (from the
 hub) as a prior; we do not have them, which matters only for models that game length.
-Owns the judges and the win-rate statistics; imports config, store and sampling (never a world).
+Owns the judges and the win-rate statistics; imports nothing else of simplemix (never a world).
 """
 
 from __future__ import annotations

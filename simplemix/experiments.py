@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from simplemix.methods import METHODS, run_name, train_method
 from simplemix.sampling import Policy
 from simplemix.store import Entry
-from simplemix.world import Cell, World
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from simplemix.evaluation import LengthControlled
+    from simplemix.world import Cell, World
 
 TRAIN_TOTALS = ("rows", "on_policy", "off_policy", "global_step")  # summed over DPO-Mix-P's rounds
 
@@ -47,7 +47,8 @@ class Result:
         if not self.trained:
             return {}
         infos = [e.manifest["info"] for e in self.trained]
-        name = infos[-1]["name"] if len(infos) == 1 else f"{infos[0]['name'].split('-round')[0]} ({len(infos)} rounds)"
+        # the label, not the stored name: a shared run keeps the name of whichever chapter trained it first
+        name = self.label if len(infos) == 1 else f"{self.label} ({len(infos)} rounds)"
         return {"name": name, **{k: sum(i[k] for i in infos) for k in TRAIN_TOTALS},
                 "train_loss": infos[-1]["train_loss"], "rounds": len(infos)}
 

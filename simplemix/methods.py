@@ -10,11 +10,14 @@ DPO-Mix-P loop; imports config, store, data, sampling, reward, fused, world, onp
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from simplemix.config import ConfigError, Profile
 from simplemix.sampling import Policy
 from simplemix.store import Entry
-from simplemix.world import Cell, World
+
+if TYPE_CHECKING:
+    from simplemix.world import Cell, World
 
 METHODS = ("off", "on", "simplemix", "hypo", "dpo_mix_p")
 ON_FRACTION = {"off": 0.0, "on": 1.0, "hypo": 0.0}  # simplemix takes its r from the profile (or the caller)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from simplemix.config import PairsConfig, SamplingConfig
 from simplemix.data import read_jsonl, write_jsonl
 from simplemix.sampling import Policy, load_backend, sample_prompts, sample_settings
 from simplemix.store import Entry, RunStore, default_code_version
-from simplemix.world import Cell, PromptSet, World
+
+if TYPE_CHECKING:
+    from simplemix.world import Cell, PromptSet, World
 
 SHARD_SIZE = 64  # prompts per shard: small enough to lose little to a kill, large enough to batch well
 

@@ -2,7 +2,7 @@
 
 Each table keeps the paper's own column names (``"ARC-C"``, ``"Avg. Score"``, ``"Alpaca Eval 2.0 LC (%)"`` ...)
 and identifies its rows with ``base_model``, ``dataset`` and ``method`` / ``method_id`` (the ids of
-:data:`simplemix.experiments.METHODS`, plus ``sft``), so a chapter can set its own results beside them.
+:data:`simplemix.methods.METHODS`, plus ``sft``), so a chapter can set its own results beside them.
 Owns the transcribed paper tables; imports nothing else of simplemix.
 """
 

@@ -56,6 +56,7 @@ class Planner:
         self.chapter = ""
         self.cells: dict[str, list[str]] = {}  # chapter -> the ids of the cells it runs
         self.owners: dict[str, set[str]] = {}  # request id -> every cell (or policy) that asked for it
+        self.unknown: set[str] = set()  # datasets whose size (so their work) is unknown without a download
 
     # ------------------------------------------------------------------------------------------ primitives
     def ask(self, stage: str, cell: Cell | str | None, label: str, what: dict, lookup=None, **work) -> str:
@@ -72,7 +73,12 @@ class Planner:
         return request.id
 
     def prompts(self, cell: Cell) -> int:
-        return self.world.expected_prompts(cell.dataset, KNOWN_PROMPTS)
+        """The cell's training prompts; a dataset whose size cannot be known without downloading it counts 0 and
+        is named in the report."""
+        n = self.world.expected_prompts(cell.dataset, KNOWN_PROMPTS)
+        if n is None:
+            self.unknown.add(cell.dataset.label)
+        return n or 0
 
     def eval_prompts(self) -> int:
         n = self.world.expected_eval_prompts(ALPACA_EVAL_PROMPTS)
@@ -308,6 +314,9 @@ def report(planner: Planner) -> str:
                      f"{len(r.chapters):<9} {state[r.stored]:<7} {work}")
     t = totals(planner)
     shared_n = sum(len(r.chapters) > 1 for r in planner.requests.values())
+    if planner.unknown:
+        lines += ["", f"the sizes of {', '.join(sorted(planner.unknown))} are unknown without downloading them (set "
+                      "max_rows to count them): their work is counted as 0"]
     lines += ["", f"{len(planner.requests)} distinct requests ({len(planner.asked)} as the chapters ask for them; "
                   f"{shared_n} shared by several chapters); stored: "
                   f"{sum(r.stored is True for r in planner.requests.values())} yes, "

@@ -236,8 +236,9 @@ def default_code_version(fn_or_module: Callable | types.ModuleType | str, versio
 def module_closure(name: str) -> list[str]:
     """Sorted names of ``name`` and every simplemix module it imports, transitively, by static analysis.
 
-    Imports at any depth count (lazy imports in functions, ``TYPE_CHECKING`` blocks), and a module
-    implies its parent packages' ``__init__``; names without a file under the package are skipped.
+    Imports at any depth count (lazy imports in functions), except those under ``if TYPE_CHECKING:``, which
+    never run; a module implies its parent packages' ``__init__``; names without a file under the package are
+    skipped.
     """
     seen: set[str] = set()
     todo = [name]
@@ -273,7 +274,7 @@ def _imports(name: str, is_package: bool, source: bytes) -> tuple[str, ...]:
     """Candidate simplemix module names imported anywhere in ``source``; non-modules are dropped later."""
     package = name if is_package else name.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in _runtime_nodes(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -284,6 +285,23 @@ def _imports(name: str, is_package: bool, source: bytes) -> tuple[str, ...]:
             found.append(base)
             found += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
     return tuple(sorted({m for m in found if m == "simplemix" or m.startswith("simplemix.")}))
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (typing-only imports never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _is_type_checking(test: ast.AST) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _parents(name: str) -> list[str]:

@@ -393,6 +393,7 @@ def reference_logps(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, ru
     policy = as_policy(policy)
     ids = list(dict.fromkeys(pairs["pair_id"]))
     config = {"policy": policy.key, "max_length": cfg.max_length, **_reference(cfg),
+              "bf16": cfg.bf16 and torch.cuda.is_available(),  # as dpo_config applies it: the precision of the pass
               "dpo_args": {k: v for k, v in cfg.dpo_args.items() if k in REFERENCE_DPO_ARGS}}
     inputs = {"pairs": stable_hash(sorted(ids))}
 

@@ -118,6 +118,8 @@ class World:
         raise NotImplementedError
 
     def reward_key(self) -> dict:
+        """The reward scorer's identity, with the code version of its implementation: stages keyed on it (scores,
+        relabelled pairs) see a change to the scorer even though their own modules do not import it."""
         raise NotImplementedError
 
     def baseline(self) -> list[dict]:
@@ -144,12 +146,14 @@ class World:
         """Whether the world's own inputs exist without compute (a dry run must not build anything)."""
         return True
 
-    def expected_prompts(self, data: DataConfig, known: dict) -> int:
-        """How many training prompts a dataset has, without reading it when it is not local: ``max_rows``, else
-        ``known[(path, split)]`` (published sizes), else the loaded dataset."""
+    def expected_prompts(self, data: DataConfig, known: dict) -> int | None:
+        """How many training prompts a dataset has, without downloading it: ``max_rows``, else ``known[(path,
+        split)]`` (published sizes), else the file's pairs when it is local; None when it cannot be known here."""
         published = known.get((data.path, data.split or "train"))
         if published is not None or data.max_rows:
             return min(x for x in (published, data.max_rows) if x)
+        if not Path(self.dataset(data)[0]).is_file():
+            return None
         return len(set(self.raw_pairs(data)["prompt_id"]))
 
     def expected_eval_prompts(self, default: int) -> int:
@@ -182,8 +186,12 @@ class World:
         return AlpacaEvalJudge()
 
     def judge_key(self) -> dict:
+        """The judge's identity: its name, the scorer it uses, and the code of the judges."""
+        from simplemix.store import default_code_version
+
         judge = self.profile.evaluation.judge
-        return {"judge": judge, "reward": self.reward_key() if judge in ("oracle", "reward_model") else None}
+        return {"judge": judge, "reward": self.reward_key() if judge in ("oracle", "reward_model") else None,
+                "code": default_code_version("simplemix.evaluation")}
 
     def lc(self, table):
         """The LC win rate of an annotation table, with this world's instruction difficulty."""
@@ -259,8 +267,8 @@ class HubWorld(World):
 
     def dataset(self, data: DataConfig) -> tuple[str, dict]:
         identity = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("label", "paper_name")}
-        if Path(data.path).is_file():  # a local file is known by its content, so an edit in place is seen
-            identity["sha256"] = _file_sha256(data.path)
+        if Path(data.path).is_file():  # a local file is known by its content (an edit in place is seen), not its path
+            identity["path"], identity["sha256"] = Path(data.path).name, _file_sha256(data.path)
         return data.path, identity
 
     @functools.cached_property
@@ -273,7 +281,10 @@ class HubWorld(World):
         return self._reward
 
     def reward_key(self) -> dict:
-        return dataclasses.asdict(self.profile.reward) | {"rescore_off_policy": None, "batch_token_budget": None}
+        from simplemix.store import default_code_version
+
+        return dataclasses.asdict(self.profile.reward) | {"rescore_off_policy": None, "batch_token_budget": None,
+                                                          "code": default_code_version("simplemix.reward")}
 
     def baseline(self) -> list[dict]:
         from simplemix.evaluation import alpaca_eval_baseline

@@ -406,8 +406,9 @@ def test_real_closure_covers_what_importing_the_stage_loads():
     """Static analysis must find at least the simplemix modules a fresh import actually loads."""
     closure = module_closure("simplemix.onpolicy")
     assert closure == sorted(closure) and "simplemix.onpolicy" in closure
-    assert {"simplemix", "simplemix.store", "simplemix.reward", "simplemix.miniature.world",
-            "simplemix.miniature"} <= set(closure)
+    assert {"simplemix", "simplemix.store", "simplemix.reward", "simplemix.sampling"} <= set(closure)
+    # onpolicy names the world only for typing; what a world contributes reaches the keys through its identities
+    assert not {m for m in closure if m.startswith(("simplemix.world", "simplemix.miniature", "simplemix.evaluation"))}
     r = subprocess.run([sys.executable, "-c", "import sys, simplemix.onpolicy; "
                         "print(*sorted(m for m in sys.modules if m.split('.')[0] == 'simplemix'))"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -450,3 +451,21 @@ def test_code_versions_of_the_whole_package_are_cheap():
     start = time.perf_counter()
     assert [default_code_version(n) for n in names] == first
     assert time.perf_counter() - start < 0.25  # ~20 ms measured; the bound leaves room for slow CI
+
+
+def test_typing_only_imports_are_not_part_of_the_closure(fake_package):
+    (fake_package / "typed.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                           "    from simplemix import epsilon\nelse:\n    from simplemix import beta\n")
+    closure = module_closure("simplemix.typed")
+    assert "simplemix.epsilon" not in closure and {"simplemix.beta", "simplemix.gamma"} <= set(closure)
+
+
+def test_world_identities_carry_the_code_of_what_they_name(tiny_run):
+    """The scores stage does not import the oracle; the world's reward identity carries the oracle's code version
+    (and the judge's the judges'), so an edit to either reaches the keys of the stages built on them."""
+    from conftest import tiny_world
+
+    w = tiny_world(tiny_run)
+    assert w.reward_key()["code"] == default_code_version("simplemix.miniature.oracle")
+    assert w.judge_key()["code"] == default_code_version("simplemix.evaluation")
+    assert "simplemix.miniature.oracle" in module_closure("simplemix.miniature.oracle")

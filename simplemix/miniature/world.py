@@ -1,205 +1,29 @@
-"""The miniature world: built through the run store, and served behind the :class:`simplemix.world.World` interface.
+"""The miniature world behind the :class:`simplemix.world.World` interface: the ``smoke`` profile's ingredients.
 
-Every piece is a store stage keyed by the world's config and code, so the same seed gives the same bytes and a
-second build is a cache hit: the tasks of each split, the tokenizer with two SFT policies of different strength
-(the same run saved early and at the end: they play Tulu-3-8B-SFT and Llama-3.1-8B-Instruct), and the off-policy
-data in the formats of the paper's two datasets (an UltraFeedback-like file of two responses with scalar scores,
-a HelpSteer2-like file of two responses with five attribute scores) with the baseline's responses.
-:class:`MiniatureWorld` resolves the ``miniature:`` names a profile uses to these pieces.
-Owns everything the smoke world is; imports the miniature modules, config, store, data, sampling and world.
+:class:`MiniatureWorld` resolves the ``miniature:`` names a profile uses (two SFT policies, the UltraFeedback-like
+and HelpSteer2-like datasets, the oracle) to the pieces :mod:`simplemix.miniature.build` stores, and gives the
+held-out split as the evaluation prompts with the baseline generator's answers. Owns MiniatureWorld; imports the
+other miniature modules, config, store, sampling, world and (lazily) evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from simplemix.miniature import generators, policy
 from simplemix.config import ConfigError, DataConfig, ModelConfig
+from simplemix.miniature import generators
+from simplemix.miniature.build import (DATASETS, ORACLE_NAME, POLICY_NAME, SPLITS, WEAK_POLICY_NAME, WORLD_FILE,
+                                       Built, WorldConfig, build_world, entry_summary, stored_world)
 from simplemix.miniature.oracle import OracleScorer, judge
-from simplemix.miniature.tasks import VERIFIABLE, Task, make_splits
+from simplemix.miniature.tasks import Task
 from simplemix.sampling import Policy
-from simplemix.store import Entry, RunStore
+from simplemix.store import default_code_version
 from simplemix.world import World as WorldBase
 
-POLICY_NAME = "miniature:sft-policy"  # the stronger SFT policy
-WEAK_POLICY_NAME = "miniature:sft-weak"  # the same SFT run, saved after policy.weak_sft_steps steps
-ORACLE_NAME = "miniature:oracle"
-DATASETS = {"miniature:ultrafeedback": "ultrafeedback.jsonl", "miniature:helpsteer2": "helpsteer2.jsonl"}
-SPLITS = ("sft", "train", "eval", "train_hs2")
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Sizes (prompts per category per split) and the seed of the miniature world."""
-
-    seed: int = 0
-    sft_prompts: int = 450
-    train_prompts: int = 150  # the UltraFeedback-like dataset's prompts
-    eval_prompts: int = 50
-    train_hs2_prompts: int = 150  # the HelpSteer2-like dataset's own prompts
-    policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)
-
-
-@dataclass(frozen=True)
-class Built:
-    """Handles to a built world: where its pieces are, and how to read them."""
-
-    tasks_dir: Path
-    policy_dir: Path
-    pool_dir: Path
-    entries: dict
-
-    def tasks(self, split: str) -> list[Task]:
-        lines = (self.tasks_dir / f"{split}.jsonl").read_text().splitlines()
-        return [Task(d["category"], d["prompt"], d["meta"]) for d in map(json.loads, lines)]
-
-    @property
-    def weak_policy_dir(self) -> Path:
-        return self.policy_dir / "weak"
-
-    def off_policy_pairs(self):
-        """The UltraFeedback-like pairs in the normalized preference schema (a ``datasets.Dataset``)."""
-        from simplemix.data import load_preferences
-
-        ds, _ = load_preferences("ultrafeedback_binarized", str(self.pool_dir / DATASETS["miniature:ultrafeedback"]),
-                                 source="off")
-        return ds
-
-    def baseline_responses(self) -> list[dict]:
-        return [json.loads(x) for x in (self.pool_dir / "baseline.jsonl").read_text().splitlines()]
-
-
-def _write_jsonl(path: Path, rows) -> int:
-    rows = list(rows)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
-    return len(rows)
-
-
-WORLD_FILE = "miniature-world.json"  # the config of the world a run directory uses
-
-
-def _world_config(run_dir: Path) -> WorldConfig:
-    path = run_dir / WORLD_FILE
-    if not path.exists():
-        return WorldConfig()
-    data = json.loads(path.read_text())
-    try:
-        return WorldConfig(**{**data, "policy": policy.PolicyConfig(**data["policy"])})
-    except TypeError:  # recorded by an older version whose config had other fields: use today's default
-        return WorldConfig()
-
-
-def build_world(run_dir: str | Path, cfg: WorldConfig | None = None, progress: bool = True) -> Built:
-    """Build (or fetch from the store) every piece of the world; a second or so on a hit, ~2 minutes cold.
-
-    Without ``cfg`` the run directory's own world is used (the config it was last built with, recorded
-    in ``miniature-world.json``), else the default; so ``miniature:*`` names resolve to one world per run.
-    """
-    run_dir = Path(run_dir)
-    cfg = cfg or _world_config(run_dir)
-    store = RunStore(run_dir)
-    conf = dataclasses.asdict(cfg)
-    sizes = {"sft": cfg.sft_prompts, "train": cfg.train_prompts, "eval": cfg.eval_prompts,
-             "train_hs2": cfg.train_hs2_prompts}
-
-    def make_tasks(out: Path) -> dict:
-        splits = make_splits(sizes, cfg.seed)
-        return {split: _write_jsonl(out / f"{split}.jsonl", (t.to_dict() for t in ts)) for split, ts in splits.items()}
-
-    tasks_entry = store.run("miniature-tasks", make_tasks, {"sizes": sizes, "seed": cfg.seed})
-    world = Built(tasks_entry.path, Path(), Path(), {})
-
-    def make_policy(out: Path) -> dict:
-        rng = random.Random(cfg.seed)
-        names, weights = list(generators.DEMONSTRATORS), list(generators.DEMONSTRATORS.values())
-        sft = world.tasks("sft")
-        demos = [(t.messages(), generators.respond(generators.STYLES[rng.choices(names, weights)[0]], t, rng))
-                 for t in sft]
-        # The tokenizer sees every style, so off-policy text is as representable as the policy's own.
-        corpus = [t.prompt for t in sft] + [r for _, r in demos]
-        corpus += [generators.respond(s, t, rng) for s in generators.POOL + (generators.BASELINE,) for t in sft]
-        tokenizer = policy.train_tokenizer(corpus, cfg.policy.vocab_size, out)
-        return policy.train_sft(tokenizer, demos, cfg.policy, out, progress=progress, weak_dir=out / "weak")
-
-    policy_entry = store.run("miniature-policy", make_policy, conf, inputs={"tasks": tasks_entry})
-
-    def make_pool(out: Path) -> dict:
-        rng = random.Random(cfg.seed + 1)
-        uf, uf_skipped = _ultrafeedback_like(world.tasks("train"), rng)
-        hs2, hs2_skipped = _helpsteer2_like(world.tasks("train_hs2"), rng)
-        baseline = [{"instruction": t.prompt, "output": generators.respond(generators.BASELINE, t, rng),
-                     "generator": "baseline", "category": t.category} for t in world.tasks("eval")]
-        return {"ultrafeedback_pairs": _write_jsonl(out / DATASETS["miniature:ultrafeedback"], uf),
-                "ultrafeedback_skipped": uf_skipped, "helpsteer2_rows": _write_jsonl(
-                    out / DATASETS["miniature:helpsteer2"], hs2), "helpsteer2_skipped": hs2_skipped,
-                "baseline": _write_jsonl(out / "baseline.jsonl", baseline)}
-
-    pool_entry = store.run("miniature-pool", make_pool, {"seed": cfg.seed}, inputs={"tasks": tasks_entry})
-    tmp = run_dir / f".{WORLD_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(conf, sort_keys=True))
-    os.replace(tmp, run_dir / WORLD_FILE)
-    return Built(tasks_entry.path, policy_entry.path, pool_entry.path,
-                 {"tasks": tasks_entry, "policy": policy_entry, "pool": pool_entry})
-
-
-def _ultrafeedback_like(tasks: list[Task], rng: random.Random) -> tuple[list[dict], dict]:
-    """Two responses of two different pool generators per prompt, the better by the oracle as chosen, in
-    HuggingFaceH4/ultrafeedback_binarized's layout (whole conversations in chosen/rejected, scalar scores)."""
-    rows, skipped = [], {"identical": 0, "tied": 0}
-    for i, t in enumerate(tasks):
-        a, b = rng.sample(generators.POOL, 2)  # two different generators, as in UltraFeedback
-        ra, rb = generators.respond(a, t, rng), generators.respond(b, t, rng)
-        sa, sb = judge(t, ra).reward, judge(t, rb).reward
-        if ra == rb or sa == sb:  # no preference to learn; counted in the manifest
-            skipped["identical" if ra == rb else "tied"] += 1
-            continue
-        (cw, cs, cm), (rw, rs, rm) = sorted([(ra, sa, a.name), (rb, sb, b.name)], key=lambda x: -x[1])
-        chosen, rejected = (t.messages() + [{"role": "assistant", "content": x}] for x in (cw, rw))
-        rows.append({"prompt": t.prompt, "chosen": chosen, "rejected": rejected, "messages": chosen,
-                     "score_chosen": cs, "score_rejected": rs, "category": t.category, "task_index": i,
-                     "chosen_model": cm, "rejected_model": rm})
-    return rows, skipped
-
-
-def _attributes(task: Task, response: str) -> dict[str, int]:
-    """HelpSteer2's five 0-4 ratings of a response, as a rater would give them: helpfulness and correctness
-    follow the oracle, coherence falls with filler, complexity and verbosity grow with length."""
-    verdict = judge(task, response)
-    fillers = sum(response.count(f) for f in generators.FILLERS)
-    return {"helpfulness": max(0, min(4, round(2 + 2.5 * (verdict.reward - 0.6)))),
-            "correctness": 4 if verdict.correct else (0 if task.category in VERIFIABLE else 2),
-            "coherence": max(0, 4 - fillers), "complexity": min(4, len(response.split()) // 6),
-            "verbosity": min(4, len(response) // 40)}
-
-
-def _helpsteer2_like(tasks: list[Task], rng: random.Random) -> tuple[list[dict], dict]:
-    """Two responses per prompt from one pool generator (HelpSteer2's come from one model family), one row per
-    response with its five attribute ratings, in nvidia/HelpSteer2's layout; the loader binarizes them with the
-    project's HelpSteer2 weighting."""
-    rows, skipped = [], {"identical": 0}
-    weights = [4, 2, 2, 3, 1]  # HelpSteer2's responses are mostly from capable models
-    for t in tasks:
-        style = rng.choices(generators.POOL, weights)[0]
-        first, second = generators.respond(style, t, rng), generators.respond(style, t, rng)
-        if first == second:
-            skipped["identical"] += 1
-            continue
-        for text in (first, second):
-            rows.append({"prompt": t.prompt, "response": text, **_attributes(t, text), "generator": style.name,
-                         "category": t.category})
-    return rows, skipped
-
-
-def entry_summary(entries: dict[str, Entry]) -> list[dict]:
-    """One row per world stage: key, whether it came from the store, wall time, and what it recorded."""
-    return [{"stage": e.stage, "key": e.key, "cached": e.hit, "wall_s": e.manifest["wall_s"],
-             "recorded": ", ".join(f"{k}={v}" for k, v in e.manifest["info"].items())} for e in entries.values()]
+__all__ = ["DATASETS", "ORACLE_NAME", "POLICY_NAME", "SPLITS", "WEAK_POLICY_NAME", "WORLD_FILE", "Built",
+           "MiniatureWorld", "WorldConfig", "build_world", "entry_summary", "stored_world"]
 
 
 class MiniatureWorld(WorldBase):
@@ -219,7 +43,7 @@ class MiniatureWorld(WorldBase):
         return {t.prompt: t for split in SPLITS for t in self.built.tasks(split)}
 
     def ready(self) -> bool:
-        return (self.run_dir / WORLD_FILE).exists()
+        return stored_world(self.run_dir) is not None
 
     def expected_prompts(self, data: DataConfig, known: dict) -> int:
         if self.ready():
@@ -256,7 +80,8 @@ class MiniatureWorld(WorldBase):
         return OracleScorer(self._tasks)
 
     def reward_key(self) -> dict:
-        return {"oracle": ORACLE_NAME, "tasks": self.built.entries["tasks"].key}
+        return {"oracle": ORACLE_NAME, "tasks": self.built.entries["tasks"].key,
+                "code": default_code_version("simplemix.miniature.oracle")}
 
     def oracle_judge(self):
         from simplemix.evaluation import ScoreJudge
@@ -264,7 +89,8 @@ class MiniatureWorld(WorldBase):
         return ScoreJudge(OracleScorer(self._tasks), name="miniature oracle")
 
     def judge_key(self) -> dict:
-        return {"judge": self.profile.evaluation.judge, "reward": self.reward_key()}
+        return {"judge": self.profile.evaluation.judge, "reward": self.reward_key(),
+                "code": default_code_version("simplemix.evaluation")}
 
     def baseline(self) -> list[dict]:
         # the held-out split can draw an open-ended prompt twice; tables are keyed by instruction: keep the first
