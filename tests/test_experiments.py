@@ -62,9 +62,11 @@ def test_run_methods_gives_one_result_per_label_with_its_training_evaluation_and
     assert sft.trained == () and sft.training == {} and sft.policy == world.sft_policy(cell) and sft.cell == cell
     off, mix, mixp = results["Off"], results["SimpleMix"], results["DPO-Mix-P"]
     assert {k: off.training[k] for k in ("name", "rows", "on_policy", "off_policy", "rounds")} == {
-        "name": "off", "rows": 12, "on_policy": 0, "off_policy": 12, "rounds": 1}
-    assert (mix.training["name"], mix.training["on_policy"], mix.training["off_policy"]) == ("simplemix-r0.5", 6, 6)
-    assert mixp.training["name"] == "dpo_mix_p (2 rounds)" and len(mixp.trained) == 2
+        "name": "Off", "rows": 12, "on_policy": 0, "off_policy": 12, "rounds": 1}
+    # the name is the label asked for, never the stored run's (a shared run keeps its first requester's name)
+    assert off.trained[0].manifest["info"]["name"] == "off"
+    assert (mix.training["name"], mix.training["on_policy"], mix.training["off_policy"]) == ("SimpleMix", 6, 6)
+    assert mixp.training["name"] == "DPO-Mix-P (2 rounds)" and len(mixp.trained) == 2
     assert (mixp.training["rows"], mixp.training["on_policy"]) == (12, 12)  # summed over the rounds
     assert mixp.training["global_step"] == sum(e.manifest["info"]["global_step"] for e in mixp.trained)
     assert mixp.training["train_loss"] == mixp.trained[-1].manifest["info"]["train_loss"]
