@@ -137,7 +137,7 @@ def dpo_mix_p(world: World, cell: Cell, *, total_pairs: int | None = None, max_s
     """
     import numpy as np
 
-    from simplemix.data import load_preferences
+    from simplemix.onpolicy import load_pairs
     from simplemix.training import train
 
     prof, train_fn = world.profile, train_fn or train
@@ -150,8 +150,7 @@ def dpo_mix_p(world: World, cell: Cell, *, total_pairs: int | None = None, max_s
         want = total_pairs // rounds + (t < total_pairs % rounds)
         subset = prompts.subset(part)
         made = _round_pairs(world, cell, policy, subset, t, progress)
-        pairs, _ = load_preferences("local", made.path / "pairs.jsonl", source="on",
-                                    on_invalid={"empty_response": "keep"})
+        pairs = load_pairs(made)
         if len(pairs) < want:
             raise ValueError(f"DPO-Mix-P round {t} of cell {cell.id}: {len(pairs)} pairs from {len(subset)} prompts, "
                              f"{want} needed for a budget of {total_pairs} pairs over {rounds} rounds; lower "

@@ -22,9 +22,10 @@ from simplemix.store import stable_hash
 from simplemix.world import Cell, World
 
 WORK = ("generations", "sequences_scored", "pair_epochs", "eval_generations")
-# Published sizes (dataset cards) of the paper's datasets, so the dry run needs no download: prompts per split.
+# Published sizes of the paper's datasets (the hub's dataset viewer: train_prefs 61.1k rows, one pair a prompt;
+# HelpSteer2 train 20.3k rows, two responses a prompt), so the dry run needs no download: prompts per split.
 KNOWN_PROMPTS = {("HuggingFaceH4/ultrafeedback_binarized", "train_prefs"): 61_135,
-                 ("nvidia/HelpSteer2", "train"): 10_162}  # HelpSteer2: 20,324 rows, two responses per prompt
+                 ("nvidia/HelpSteer2", "train"): 10_162}
 ALPACA_EVAL_PROMPTS = 805
 
 

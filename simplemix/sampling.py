@@ -46,14 +46,20 @@ class Policy:
 
     @classmethod
     def of(cls, model: ModelConfig, label: str = "") -> "Policy":
-        """A hub or local model, keyed by its config."""
-        return cls(model, {"model": dataclasses.asdict(model)}, label or Path(model.name_or_path).name)
+        """A hub or local model, keyed by its loading config (a PolicyConfig's label and paper name are not)."""
+        plain = plain_model(model)
+        return cls(plain, {"model": dataclasses.asdict(plain)}, label or Path(plain.name_or_path).name)
 
     @classmethod
     def trained(cls, entry, base: "Policy", label: str = "") -> "Policy":
         """The result of a ``train`` stage entry (a model or LoRA adapter directory), loaded like ``base``."""
         model = dataclasses.replace(base.model, name_or_path=str(entry.path))
         return cls(model, {"train": entry.key}, label or entry.manifest.get("info", {}).get("name", entry.key))
+
+
+def plain_model(model: ModelConfig) -> ModelConfig:
+    """The ModelConfig fields of ``model`` (a PolicyConfig also carries labels that loading never uses)."""
+    return ModelConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)})
 
 
 def as_policy(policy: "Policy | ModelConfig") -> Policy:

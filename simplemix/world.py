@@ -150,8 +150,9 @@ class World:
         """How many training prompts a dataset has, without downloading it: ``max_rows``, else ``known[(path,
         split)]`` (published sizes), else the file's pairs when it is local; None when it cannot be known here."""
         published = known.get((data.path, data.split or "train"))
-        if published is not None or data.max_rows:
-            return min(x for x in (published, data.max_rows) if x)
+        rows = data.max_rows and data.max_rows // (2 if data.format == "helpsteer2" else 1)  # HelpSteer2: 2 rows a prompt
+        if published is not None or rows:
+            return min(x for x in (published, rows) if x)
         if not Path(self.dataset(data)[0]).is_file():
             return None
         return len(set(self.raw_pairs(data)["prompt_id"]))
@@ -262,8 +263,7 @@ class HubWorld(World):
     kind = "hub"
 
     def policy(self, model: ModelConfig) -> Policy:
-        plain = ModelConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)})
-        return Policy.of(plain, getattr(model, "label", ""))
+        return Policy.of(model, getattr(model, "label", ""))
 
     def dataset(self, data: DataConfig) -> tuple[str, dict]:
         identity = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("label", "paper_name")}

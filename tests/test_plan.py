@@ -77,3 +77,17 @@ def test_stored_requests_are_found_by_their_real_keys(tiny_run):
     after = plan.plan(w, runner.notebooks(["02"]))
     assert [r.stored for r in after.requests.values() if r.stage == "samples"] == [True]
     assert [r.stored for r in after.requests.values() if r.stage == "off-policy"] == [False]
+
+
+def test_a_datasets_size_is_counted_in_prompts_without_a_download(tmp_path):
+    from simplemix.config import DataConfig
+
+    w = world.resolve(load_profile("paper"), tmp_path)
+    assert w.expected_prompts(DataConfig(format="helpsteer2", path="nvidia/HelpSteer2", split="train"),
+                              plan.KNOWN_PROMPTS) == 10_162
+    # max_rows counts rows: HelpSteer2 has two a prompt, UltraFeedback one
+    assert w.expected_prompts(DataConfig(format="helpsteer2", path="nvidia/HelpSteer2", split="train", max_rows=100),
+                              plan.KNOWN_PROMPTS) == 50
+    assert w.expected_prompts(DataConfig(format="ultrafeedback_binarized", path="HuggingFaceH4/ultrafeedback_binarized",
+                                         split="train_prefs", max_rows=100), plan.KNOWN_PROMPTS) == 100
+    assert w.expected_prompts(DataConfig(format="local", path="someone/unknown"), plan.KNOWN_PROMPTS) is None

@@ -5,7 +5,7 @@ second build is a cache hit: the tasks of each split, the tokenizer with two SFT
 (the same run saved early and at the end: they play Tulu-3-8B-SFT and Llama-3.1-8B-Instruct), and the off-policy
 data in the layouts of the paper's two datasets (an UltraFeedback-like file of two responses with scalar scores,
 a HelpSteer2-like file of two responses with five attribute ratings) with the baseline's responses.
-Owns the world's stages; imports the other miniature modules, store and (lazily) data, so that an edit to the
+Owns the world's stages; imports the other miniature modules, store and data, so that an edit to the
 rest of the package never rebuilds the world.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from simplemix.miniature import generators, policy
 from simplemix.miniature.oracle import judge
 from simplemix.miniature.tasks import VERIFIABLE, Task, make_splits
+from simplemix.data import write_jsonl
 from simplemix.store import Entry, RunStore, default_code_version
 
 POLICY_NAME = "miniature:sft-policy"  # the stronger SFT policy
@@ -69,12 +70,6 @@ class Built:
 
     def baseline_responses(self) -> list[dict]:
         return [json.loads(x) for x in (self.pool_dir / "baseline.jsonl").read_text().splitlines()]
-
-
-def _write_jsonl(path: Path, rows) -> int:
-    rows = list(rows)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
-    return len(rows)
 
 
 WORLD_FILE = "miniature-world.json"  # the config of the world a run directory uses
@@ -127,7 +122,7 @@ def build_world(run_dir: str | Path, cfg: WorldConfig | None = None, progress: b
 
     def make_tasks(out: Path) -> dict:
         splits = make_splits(sizes, cfg.seed)
-        return {split: _write_jsonl(out / f"{split}.jsonl", (t.to_dict() for t in ts)) for split, ts in splits.items()}
+        return {split: write_jsonl(out / f"{split}.jsonl", (t.to_dict() for t in ts)) for split, ts in splits.items()}
 
     tasks_entry = store.run("miniature-tasks", make_tasks, {"sizes": sizes, "seed": cfg.seed})
     world = Built(tasks_entry.path, Path(), Path(), {})
@@ -152,10 +147,10 @@ def build_world(run_dir: str | Path, cfg: WorldConfig | None = None, progress: b
         hs2, hs2_skipped = _helpsteer2_like(world.tasks("train_hs2"), rng)
         baseline = [{"instruction": t.prompt, "output": generators.respond(generators.BASELINE, t, rng),
                      "generator": "baseline", "category": t.category} for t in world.tasks("eval")]
-        return {"ultrafeedback_pairs": _write_jsonl(out / DATASETS["miniature:ultrafeedback"], uf),
-                "ultrafeedback_skipped": uf_skipped, "helpsteer2_rows": _write_jsonl(
+        return {"ultrafeedback_pairs": write_jsonl(out / DATASETS["miniature:ultrafeedback"], uf),
+                "ultrafeedback_skipped": uf_skipped, "helpsteer2_rows": write_jsonl(
                     out / DATASETS["miniature:helpsteer2"], hs2), "helpsteer2_skipped": hs2_skipped,
-                "baseline": _write_jsonl(out / "baseline.jsonl", baseline)}
+                "baseline": write_jsonl(out / "baseline.jsonl", baseline)}
 
     pool_entry = store.run("miniature-pool", make_pool, {"seed": cfg.seed}, inputs={"tasks": tasks_entry})
     tmp = run_dir / f".{WORLD_FILE}.{os.getpid()}"

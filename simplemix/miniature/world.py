@@ -18,7 +18,7 @@ from simplemix.miniature.build import (DATASETS, ORACLE_NAME, POLICY_NAME, SPLIT
                                        Built, WorldConfig, build_world, entry_summary, stored_world)
 from simplemix.miniature.oracle import OracleScorer, judge
 from simplemix.miniature.tasks import Task
-from simplemix.sampling import Policy
+from simplemix.sampling import Policy, plain_model
 from simplemix.store import default_code_version
 from simplemix.world import World as WorldBase
 
@@ -55,14 +55,13 @@ class MiniatureWorld(WorldBase):
         return len(self.baseline()) if self.ready() else 4 * WorldConfig().eval_prompts
 
     def policy(self, model: ModelConfig) -> Policy:
-        plain = ModelConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)})
         name = model.name_or_path
         if not name.startswith("miniature:"):
-            return Policy.of(plain, getattr(model, "label", ""))
+            return Policy.of(model, getattr(model, "label", ""))
         dirs = {POLICY_NAME: self.built.policy_dir, WEAK_POLICY_NAME: self.built.weak_policy_dir}
         if name not in dirs:
             raise ConfigError(f"unknown miniature model {name!r}; the miniature world has {sorted(dirs)}")
-        loadable = dataclasses.replace(plain, name_or_path=str(dirs[name]))
+        loadable = dataclasses.replace(plain_model(model), name_or_path=str(dirs[name]))
         key = {"miniature": name, "world": self.built.entries["policy"].key, "torch_dtype": model.torch_dtype}
         return Policy(loadable, key, getattr(model, "label", "") or name)
 
