@@ -9,6 +9,7 @@ the same entries, computed once. Owns those stages; imports config, store, data,
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,24 +95,74 @@ def score_stage(store: RunStore, samples: Entry, world: World, shard_size: int =
 
 def pairs_stage(store: RunStore, samples: Entry, scores: Entry, cfg: PairsConfig) -> Entry:
     """``pairs.jsonl``: best/worst pairs in the normalized preference schema, with the counts of prompts that
-    gave none (all samples tied, below the margin, identical texts)."""
+    gave none (all samples tied, below the margin, identical texts).
+
+    Scores belong to samples by row, not by prompt id (a prompt set may repeat a prompt); before the entry is
+    committed, every written pair is checked against its own row's texts and scores."""
     from simplemix.data import validate_rows
     from simplemix.reward import build_pairs
 
     def compute(out: Path) -> dict:
-        rows = read_jsonl(samples.path / "samples.jsonl")
-        values = {r["prompt_id"]: r["scores"] for r in read_jsonl(scores.path / "scores.jsonl")}
+        rows, values = _aligned(samples, scores)
+        texts = [[s["text"] for s in r["samples"]] for r in rows]
         settings = samples.manifest["info"]["settings"]
-        pairs, counts = build_pairs([r["prompt"] for r in rows], [[s["text"] for s in r["samples"]] for r in rows],
-                                    [values[r["prompt_id"]] for r in rows], min_margin=cfg.min_margin,
+        pairs, counts = build_pairs([r["prompt"] for r in rows], texts, values, min_margin=cfg.min_margin,
                                     prompt_ids=[r["prompt_id"] for r in rows], sampler=settings)
         # An empty sample is a real (bad) response of the policy: kept, and counted in the report.
         ds, report = validate_rows(pairs, file=str(out / "pairs.jsonl"), origin="on-policy", source="on",
                                    on_invalid={"empty_response": "keep"})
-        ds.to_json(out / "pairs.jsonl", lines=True, force_ascii=False)
+        # Written by write_jsonl, not Dataset.to_json: pandas would round the scores to 10 significant digits.
+        write_jsonl(out / "pairs.jsonl", ds)
+        _check_pairs(read_jsonl(out / "pairs.jsonl"), rows, values, out / "pairs.jsonl")
         return {**counts, "report": report.to_dict()}
 
     return store.run("pairs", compute, dataclasses.asdict(cfg), {"samples": samples, "scores": scores})
+
+
+def _aligned(samples: Entry, scores: Entry) -> tuple[list[dict], list[list[float]]]:
+    """The rows of ``samples.jsonl`` and, row by row, their scores from ``scores.jsonl``.
+
+    Row i of one file belongs to row i of the other: a prompt set may repeat a prompt (same text, same id), so
+    the id alone cannot say which occurrence a score list belongs to. Raises ValueError, naming both files and
+    the first mismatching row, unless the files have the same number of rows, the same prompt id in each row and
+    one score per sample."""
+    samples_path, scores_path = samples.path / "samples.jsonl", scores.path / "scores.jsonl"
+    rows, scored = read_jsonl(samples_path), read_jsonl(scores_path)
+    where = f"{scores_path} does not align with {samples_path}"
+    for i, (r, s) in enumerate(zip(rows, scored)):
+        if s.get("prompt_id") != r["prompt_id"]:
+            raise ValueError(f"{where}: row {i} has prompt_id {s.get('prompt_id')!r} in the scores but "
+                             f"{r['prompt_id']!r} in the samples")
+        if len(s["scores"]) != len(r["samples"]):
+            raise ValueError(f"{where}: row {i} has {len(s['scores'])} scores for {len(r['samples'])} samples")
+    if len(rows) != len(scored):
+        raise ValueError(f"{where}: {len(scored)} score rows for {len(rows)} sample rows (first unmatched row: "
+                         f"{min(len(rows), len(scored))})")
+    return rows, [s["scores"] for s in scored]
+
+
+def _check_pairs(pairs: list[dict], rows: list[dict], values: list[list[float]], path: Path) -> None:
+    """The invariant of a pairs entry before it is committed: each pair is its own row's samples at its recorded
+    ``chosen_index``/``rejected_index``, with those samples' scores (raises RuntimeError if not)."""
+    for n, pair in enumerate(pairs):
+        meta = json.loads(pair["metadata"])
+        i, best, worst = meta["prompt_index"], meta["chosen_index"], meta["rejected_index"]
+        row, texts = rows[i], [s["text"] for s in rows[i]["samples"]]
+        problems = [
+            meta["prompt_id"] != row["prompt_id"] and f"prompt_id {meta['prompt_id']!r} != {row['prompt_id']!r}",
+            pair["prompt"] != [{"role": m["role"], "content": m["content"]} for m in row["prompt"]] and "prompt",
+            pair["chosen"] != texts[best] and f"chosen text != sample {best}",
+            pair["rejected"] != texts[worst] and f"rejected text != sample {worst}",
+            pair["score_chosen"] != values[i][best] and f"score_chosen {pair['score_chosen']!r} != {values[i][best]!r}",
+            pair["score_rejected"] != values[i][worst]
+            and f"score_rejected {pair['score_rejected']!r} != {values[i][worst]!r}",
+            meta["scores"] != values[i] and "metadata scores",
+            not pair["score_chosen"] > pair["score_rejected"] and "score_chosen <= score_rejected",
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise RuntimeError(f"{path}: pair {n} does not match row {i} of its samples and scores "
+                               f"({'; '.join(problems)}); the pairs stage is not committed")
 
 
 def on_policy_pairs(world: World, cell: Cell, sampling: SamplingConfig | None = None,
@@ -136,12 +187,16 @@ def load_pairs(pairs: Entry):
 
 
 def load_samples(samples: Entry, scores: Entry | None = None) -> list[dict]:
-    """One row per sample (prompt id, category, index, text, tokens, finish reason, reward if scored)."""
-    values = {r["prompt_id"]: r["scores"] for r in read_jsonl(scores.path / "scores.jsonl")} if scores else {}
+    """One row per sample (prompt id, category, index, text, tokens, finish reason, reward if scored); scores
+    align with samples by row (see :func:`pairs_stage`)."""
+    if scores is None:
+        rows, values = read_jsonl(samples.path / "samples.jsonl"), None
+    else:
+        rows, values = _aligned(samples, scores)
     out = []
-    for r in read_jsonl(samples.path / "samples.jsonl"):
+    for i, r in enumerate(rows):
         for k, s in enumerate(r["samples"]):
-            reward = values[r["prompt_id"]][k] if values else None
+            reward = values[i][k] if values is not None else None
             out.append({"prompt_id": r["prompt_id"], "category": r["category"], "index": k, **s, "reward": reward})
     return out
 
