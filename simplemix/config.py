@@ -243,11 +243,17 @@ class HardwareConfig:
 
 @dataclass
 class Profile:
-    """One scale of the whole experiment: the same code path from a CPU to a GPU node."""
+    """One scale of the whole experiment: the same code path from a CPU to a GPU node.
+
+    ``seeds`` lists the replicates every comparison of a chapter with a ``seeds`` parameter runs (chapters 03-06;
+    each replicate its own sampling, mixing and training): replicate ``s`` offsets ``sampling.seed``,
+    ``mixing.seed`` and ``training.seed`` by ``s`` together, so replicate 0 is the profile as written
+    (``simplemix.experiments.replicate``). Non-empty, unique, >= 0."""
 
     name: str = field(default="", metadata={"required": True})
     description: str = ""
     seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"min_items": 1, "unique": True, "min": 0})
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     world: str = "hub"  # where models, data, judge and evaluation prompts come from: a name simplemix.world knows
     policies: list[PolicyConfig] = field(default_factory=list, metadata={"min_items": 1})
@@ -305,6 +311,14 @@ def _check_field(f: dataclasses.Field, value: Any, source: str, path: str) -> No
         raise ConfigError(f"{source}: {path}: missing {what} (required)")
     if "min_items" in meta and len(value) < meta["min_items"]:
         raise ConfigError(f"{source}: {path}: needs at least {meta['min_items']} item(s)")
+    if isinstance(value, list):
+        if meta.get("unique") and len(set(value)) < len(value):
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            raise ConfigError(f"{source}: {path}: items must be unique, {repeated} repeated in {value}")
+        for i, item in enumerate(value):  # a list field's range applies to each item
+            _check_field(dataclasses.field(metadata={k: meta[k] for k in ("min", "max") if k in meta}), item,
+                         source, f"{path}[{i}]")
+        return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     lo, hi = meta.get("min"), meta.get("max")

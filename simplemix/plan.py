@@ -5,8 +5,12 @@ exists. The plan therefore names each request by what determines it (stage, cell
 is built on) with the same identities the pipeline shares by: the SFT policy's evaluation does not depend on the
 dataset, a pair set is (sources, fraction r, budget, seed) with r = 0 and r = 1 reading one source only, HyPO
 trains on off-policy DPO's pairs. Each chapter's requests are read from its own ``parameters`` cell (which cells,
-ratios, seeds, criteria), so the plan follows the notebooks. Owns the plan; imports config, store, sampling and
-world, and onpolicy and experiments to look up the real keys of what is stored.
+ratios, criteria, and its replicate ``seeds``: None is the profile's ``seeds``), so the plan follows the notebooks.
+A chapter with replicates asks for everything once per seed, in that replicate's world (sampling, mixing and
+training seeds offset by the seed, as :func:`simplemix.experiments.replicate`): what a seed changes is a request
+of its own, what it does not (the SFT policy's evaluation, the off-policy relabelling, a filtered subset's
+reference log-probs) is one request asked for by every replicate. Owns the plan; imports config, store, sampling
+and world, and onpolicy and experiments to look up the real keys of what is stored.
 """
 
 from __future__ import annotations
@@ -51,20 +55,31 @@ class Planner:
     """Collects the requests of every chapter over one world."""
 
     def __init__(self, world: World):
+        self.base = world
         self.world, self.prof = world, world.profile
+        self.seed = 0  # the replicate seed of the requests being asked for
         self.requests: dict[str, Request] = {}
         self.asked: list[tuple[str, str]] = []  # (chapter, request id), with repeats: the work without sharing
         self.chapter = ""
         self.cells: dict[str, list[str]] = {}  # chapter -> the ids of the cells it runs
+        self.seeds: dict[str, list[int]] = {}  # chapter -> its replicate seeds
         self.owners: dict[str, set[str]] = {}  # request id -> every cell (or policy) that asked for it
         self.unknown: set[str] = set()  # datasets whose size (so their work) is unknown without a download
 
     # ------------------------------------------------------------------------------------------ primitives
+    def at(self, seed: int) -> None:
+        """Ask for what follows in the world of replicate ``seed`` (0: the profile as written)."""
+        from simplemix.experiments import replicate
+
+        self.seed, self.world = seed, replicate(self.base, seed)
+        self.prof = self.world.profile
+
     def ask(self, stage: str, cell: Cell | str | None, label: str, what: dict, lookup=None, **work) -> str:
         """Record a request by the cell it belongs to, or by ``policy:<label>`` / ``dataset:<label>`` when only the
         SFT policy (its evaluation) or only the dataset (its relabelling) determines it: the cells of that policy
         or dataset share it, as the store does."""
         where = cell.id if isinstance(cell, Cell) else cell
+        label = f"{label} s{self.seed}" if self.seed else label
         request = Request(stage, where, label, what, {k: work.get(k, 0) for k in WORK}, lookup=lookup)
         known = self.requests.setdefault(request.id, request)
         self.owners.setdefault(request.id, set()).add(where)
@@ -87,14 +102,14 @@ class Planner:
 
     # ------------------------------------------------------------------------------------------- the stages
     def on_policy(self, cell: Cell, sampling=None, label: str = "on-policy") -> str:
-        s = sampling or self.prof.sampling
+        s, world = sampling or self.prof.sampling, self.world
         n = self.prompts(cell)
         def lookup():
             from simplemix.onpolicy import plan
 
-            if not Path(self.world.dataset(cell.dataset)[0]).exists():
+            if not Path(world.dataset(cell.dataset)[0]).exists():
                 raise LookupError("a hub dataset: its prompts (part of the key) are not read in a dry run")
-            return plan(self.world, cell, s)[0]["key"]
+            return plan(world, cell, s)[0]["key"]
 
         samples = self.ask("samples", cell, label, {"policy": _model(cell.policy), "dataset": _data(cell.dataset),
                                                     "sampling": dataclasses.asdict(s)}, lookup,
@@ -104,10 +119,10 @@ class Planner:
         return self.ask("pairs", cell, label, {"scores": scores, "pairs": dataclasses.asdict(self.prof.pairs)})
 
     def off_policy(self, cell: Cell) -> str:
-        rescore = self.prof.reward.rescore_off_policy
+        rescore, world = self.prof.reward.rescore_off_policy, self.world
         return self.ask("off-policy", f"dataset:{cell.dataset.label}", "off-policy", {"dataset": _data(cell.dataset),
                                                           "reward": self._reward() if rescore else None},
-                        lambda: self.world.off_policy_key(cell), sequences_scored=2 * self.prompts(cell) if rescore else 0)
+                        lambda: world.off_policy_key(cell), sequences_scored=2 * self.prompts(cell) if rescore else 0)
 
     def budget(self, cell: Cell) -> int:
         return self.prof.mixing.total_pairs or self.prompts(cell)
@@ -135,10 +150,11 @@ class Planner:
         what = {"policy": trained or _model(cell.policy), "judge": self.prof.evaluation.judge}
         n = self.eval_prompts()
         scored = 2 * n if self.prof.evaluation.judge != "alpaca_eval_gpt4_turbo" else 0
+        world = self.world
         def lookup():
             from simplemix.experiments import evaluation_key
 
-            return evaluation_key(self.world, self.world.sft_policy(cell))
+            return evaluation_key(world, world.sft_policy(cell))
 
         return self.ask("evaluation", f"policy:{cell.policy.label}" if trained is None else cell, label, what,
                         lookup if trained is None else None, eval_generations=n, sequences_scored=scored)
@@ -165,7 +181,7 @@ class Planner:
         for t in range(mp.rounds):
             made = self.ask("dpo-mix-p-pairs", cell, f"DPO-Mix-P round {t}",
                             {"policy": policy, "dataset": _data(cell.dataset), "round": t, "weights": mp.fused_weights,
-                             "reward": self._reward()},
+                             "reward": self._reward(), "seed": s.seed, "order": self.prof.mixing.seed},
                             generations=n // mp.rounds * s.num_samples, sequences_scored=n // mp.rounds * s.num_samples)
             want = total // mp.rounds + (t < total % mp.rounds)
             policy = self.train(cell, f"DPO-Mix-P round {t}", {"on": made, "off": None, "r": 1.0, "total": want,
@@ -218,10 +234,8 @@ def _chapter_04(p: Planner, cells, params):
 
 def _chapter_05(p: Planner, cells, params):
     for cell in cells:
-        for s in params.get("seeds", [0]):
-            for r in params.get("ratios", [0.5]):
-                trained = p.train(cell, f"r={r:g} seed {s}", p.pair_set(cell, r, s), seed=s)
-                p.evaluate(cell, f"r={r:g} seed {s}", trained)
+        for r in params.get("ratios", [0.5]):
+            p.method(cell, "simplemix", r=r)
 
 
 def _chapter_06(p: Planner, cells, params):
@@ -255,6 +269,16 @@ def parameters(notebook: Path) -> dict:
     return {}
 
 
+def chapter_seeds(prof: Profile, params: dict) -> list[int]:
+    """The replicate seeds a chapter runs, from its parameters: ``seeds`` (None: the profile's ``seeds``); a
+    chapter without a ``seeds`` parameter runs the profile as written (replicate 0)."""
+    from simplemix.experiments import check_seeds
+
+    if "seeds" not in params:
+        return [0]
+    return list(check_seeds(prof.seeds if params["seeds"] is None else params["seeds"]))
+
+
 def chapter_cells(world: World, params: dict) -> list[Cell]:
     """The cells a chapter runs, from its parameters: ``cells`` ("grid" | "primary") or one ``cell_id``."""
     if "cells" in params:
@@ -272,7 +296,11 @@ def plan(world: World, notebooks: list[Path]) -> Planner:
         params = parameters(nb)
         planner.chapter, cells = nb.stem, chapter_cells(world, params)
         planner.cells[nb.stem] = [c.id for c in cells]
-        build(planner, cells, params)
+        planner.seeds[nb.stem] = chapter_seeds(world.profile, params)
+        for seed in planner.seeds[nb.stem]:  # each replicate in its own world
+            planner.at(seed)
+            build(planner, cells, params)
+        planner.at(0)
     _mark_stored(planner)
     return planner
 
@@ -305,8 +333,9 @@ def report(planner: Planner) -> str:
     prof: Profile = planner.prof
     lines = [f"dry run of profile {prof.name!r} ({planner.world.kind} world), run {planner.world.run_dir}", ""]
     for chapter, cells in planner.cells.items():
-        asked = sum(c == chapter for c, _ in planner.asked)
-        lines.append(f"{chapter}: {len(cells)} cell(s): {', '.join(cells)}; {asked} requests")
+        asked, seeds = sum(c == chapter for c, _ in planner.asked), planner.seeds.get(chapter, [0])
+        lines.append(f"{chapter}: {len(cells)} cell(s): {', '.join(cells)}; {len(seeds)} seed(s): "
+                     f"{', '.join(map(str, seeds))}; {asked} requests")
     lines += ["", f"{'stage':<16} {'cell':<36} {'request':<24} {'id':<12} {'chapters':<9} {'stored':<7} work"]
     state = {True: "yes", False: "no", None: "?"}
     for r in planner.requests.values():

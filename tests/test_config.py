@@ -188,3 +188,19 @@ def test_exponent_without_a_dot_is_a_float_not_a_string():
     assert prof.training.learning_rate == 1e-4 and prof.training.beta == 0.2
     with pytest.raises(ConfigError, match="training.learning_rate: expected float, got str 'fast'"):
         load_profile("smoke", ["training.learning_rate=fast"])
+
+
+def test_replicate_seeds_default_to_one_and_are_checked():
+    assert C.Profile().seeds == [0]
+    for name in ("single-gpu", "paper"):
+        assert C.load_profile(name).seeds == [0]
+    assert C.load_profile("smoke", overrides=["seeds=[0, 1, 2]"]).seeds == [0, 1, 2]
+    for value, message in [("[]", "seeds: needs at least 1 item(s)"),
+                           ("[0, 1, 1]", "seeds: items must be unique, [1] repeated in [0, 1, 1]"),
+                           ("[0, -2]", "seeds[1]: -2 is outside >= 0"),
+                           ("[0, 1.5]", "seeds[1]: expected int, got float 1.5"),
+                           ("[true]", "seeds[0]: expected int, got bool True"),
+                           ("3", "seeds: expected a list, got int 3")]:
+        with pytest.raises(C.ConfigError) as e:
+            C.load_profile("smoke", overrides=[f"seeds={value}"])
+        assert str(e.value).endswith(message), str(e.value)
