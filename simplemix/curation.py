@@ -166,8 +166,9 @@ def _forward(model, tokenizer, seqs: list[list[int]], batch_size: int, progress:
 
 
 def response_logps(ds: Dataset, model, tokenizer, batch_size: int = 16, max_length: int | None = None,
-                   progress: bool = False) -> tuple[list[float], list[float]]:
-    """Summed token log-probs of the chosen and of the rejected responses under ``model`` given the prompt."""
+                   progress: bool = False, per_token: bool = False) -> tuple[list[float], list[float]]:
+    """Summed token log-probs of the chosen and of the rejected responses under ``model`` given the prompt
+    (``per_token``: divided by the response's number of tokens)."""
     import torch
 
     seqs, starts = _sequences(ds, tokenizer, max_length)
@@ -177,7 +178,8 @@ def response_logps(ds: Dataset, model, tokenizer, batch_size: int = 16, max_leng
         position = torch.arange(1, ids.shape[1], device=ids.device)
         response = (position[None] >= torch.tensor([starts[i] for i in rows], device=ids.device)[:, None]) & (
             mask[:, 1:] == 1)
-        return (logps * response).sum(dim=1).tolist()
+        total = (logps * response).sum(dim=1)
+        return (total / response.sum(dim=1).clamp(min=1) if per_token else total).tolist()
 
     values = _forward(model, tokenizer, seqs, batch_size, progress, "on-policiness", reduce)
     return values[:len(ds)], values[len(ds):]

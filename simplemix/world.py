@@ -142,6 +142,10 @@ class World:
         """LC instruction difficulty of the evaluation prompts and where it came from."""
         raise NotImplementedError
 
+    def control_world(self) -> "World | None":
+        """The same world with the paper's mechanism removed from its off-policy data, where the world has one."""
+        return None
+
     def ready(self) -> bool:
         """Whether the world's own inputs exist without compute (a dry run must not build anything)."""
         return True
@@ -310,15 +314,15 @@ class HubWorld(World):
         return instruction_difficulty()
 
 
-WORLDS = ("hub", "miniature")
+WORLDS = ("hub", "miniature", "miniature-control")
 
 
 def resolve(prof: Profile, run_dir: str | Path) -> World:
     """The profile's world, over the run store in ``run_dir``."""
-    if prof.world == "miniature":
-        from simplemix.miniature.world import MiniatureWorld
+    if prof.world in ("miniature", "miniature-control"):
+        from simplemix.miniature.world import MiniatureControlWorld, MiniatureWorld
 
-        return MiniatureWorld(prof, run_dir)
+        return (MiniatureWorld if prof.world == "miniature" else MiniatureControlWorld)(prof, run_dir)
     if prof.world != "hub":
         raise ConfigError(f"profile {prof.name!r}: world {prof.world!r} is not one of {list(WORLDS)}")
     return HubWorld(prof, run_dir)

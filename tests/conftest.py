@@ -6,7 +6,7 @@ from simplemix.miniature.policy import PolicyConfig
 from simplemix.miniature.world import WorldConfig, build_world
 
 # Enough prompts for every category and split, and a policy trained just enough to emit text.
-TINY = WorldConfig(sft_prompts=12, train_prompts=8, eval_prompts=3, train_hs2_prompts=6,
+TINY = WorldConfig(sft_prompts=12, train_prompts=8, dev_prompts=3, eval_prompts=3, train_hs2_prompts=6,
                    policy=PolicyConfig(sft_steps=30, weak_sft_steps=15, batch_size=8))
 
 

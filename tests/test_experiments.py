@@ -13,7 +13,7 @@ from simplemix import evaluation, experiments, methods
 from simplemix.miniature.oracle import judge as oracle
 from simplemix.sampling import Policy
 
-SMALL = ["sampling.num_samples=2", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
+SMALL = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
          "training.per_device_train_batch_size=4", "training.max_length=192", "training.logging_steps=1",
          "evaluation.max_new_tokens=8"]
 

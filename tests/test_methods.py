@@ -13,7 +13,7 @@ from simplemix.config import ConfigError
 from simplemix.data import load_preferences
 from simplemix.sampling import Policy, load_policy
 
-SMALL = ["sampling.num_samples=2", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
+SMALL = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
          "training.per_device_train_batch_size=4", "training.max_length=192", "training.logging_steps=1"]
 
 

@@ -227,7 +227,7 @@ def test_the_miniature_worlds_reward_is_the_oracle_over_every_split(tiny_run):
     world = tiny_world(tiny_run)
     scorer = world.reward()
     tasks = [t for split in SPLITS for t in world.built.tasks(split)]
-    assert set(SPLITS) == {"sft", "train", "eval", "train_hs2"}
+    assert set(SPLITS) == {"sft", "train", "dev", "eval", "train_hs2"}
     assert isinstance(scorer, OracleScorer) and scorer.name == "miniature:oracle"
     assert {t.prompt for t in tasks} == set(scorer.tasks_by_prompt)
     responses = ["The answer is 12.", "Output: tac", "I recommend Orbit Run because it fits."]

@@ -327,8 +327,9 @@ def test_dpo_learns_to_prefer_correct_formatted_answers_on_held_out_prompts(tmp_
     entry = training.train_dpo(train, cfg, policy, run_dir, name="learning-check", max_steps=24, progress=False)
     trained = Policy.trained(entry, policy)
     margin_after, reward_after = _held_out(trained, held, held_tasks, run_dir, cfg)
-    # Measured once with seeds 0, 1, 2 (one epoch = 24 steps): the held-out margin rose by 11.7, 14.3, 14.5 nats
-    # and the greedy reward by 0.109, 0.078, 0.113 (from 0.147); with chosen and rejected swapped, by -19 nats and
-    # -0.05. The thresholds sit above the seed-to-seed spread (2.8 nats, 0.035) and at about half the smallest rise.
-    assert margin_after - margin_before > 5.0, (margin_before, margin_after)
-    assert reward_after - reward_before > 0.04, (reward_before, reward_after)
+    # Measured once on the miniature world of issue 12 (0.5M-parameter policy) with seeds 0, 1, 2 (one epoch = 24
+    # steps): the held-out margin rose by 2.61, 2.51, 2.59 nats and the greedy reward by 0.095, 0.111, 0.111 (from
+    # 0.198); with chosen and rejected swapped (fresh pair ids), by -2.2 nats and -0.111. The thresholds sit at
+    # about half the smallest rise, well above the seed-to-seed spread (0.1 nats, 0.016).
+    assert margin_after - margin_before > 1.3, (margin_before, margin_after)
+    assert reward_after - reward_before > 0.05, (reward_before, reward_after)

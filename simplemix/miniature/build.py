@@ -28,7 +28,7 @@ POLICY_NAME = "miniature:sft-policy"  # the stronger SFT policy
 WEAK_POLICY_NAME = "miniature:sft-weak"  # the same SFT run, saved after policy.weak_sft_steps steps
 ORACLE_NAME = "miniature:oracle"
 DATASETS = {"miniature:ultrafeedback": "ultrafeedback.jsonl", "miniature:helpsteer2": "helpsteer2.jsonl"}
-SPLITS = ("sft", "train", "eval", "train_hs2")
+SPLITS = ("sft", "train", "dev", "eval", "train_hs2")
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,12 @@ class WorldConfig:
     """Sizes (prompts per category per split) and the seed of the miniature world."""
 
     seed: int = 0
-    sft_prompts: int = 450
-    train_prompts: int = 150  # the UltraFeedback-like dataset's prompts
-    eval_prompts: int = 50
-    train_hs2_prompts: int = 150  # the HelpSteer2-like dataset's own prompts
+    sft_prompts: int = 400
+    train_prompts: int = 100  # the UltraFeedback-like dataset's prompts
+    dev_prompts: int = 100  # held out for choosing training settings (the dev sweep), never evaluated on
+    eval_prompts: int = 200  # the evaluation prompts: unique, unseen by SFT and by either dataset
+    train_hs2_prompts: int = 100  # the HelpSteer2-like dataset's own prompts
+    sft_verifiable_demos: int = 3  # demonstrations per verifiable SFT prompt (the skills take more examples)
     policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)
 
 
@@ -51,6 +53,7 @@ class Built:
     policy_dir: Path
     pool_dir: Path
     entries: dict
+    baseline_dir: Path | None = None
 
     def tasks(self, split: str) -> list[Task]:
         lines = (self.tasks_dir / f"{split}.jsonl").read_text().splitlines()
@@ -69,7 +72,7 @@ class Built:
         return ds
 
     def baseline_responses(self) -> list[dict]:
-        return [json.loads(x) for x in (self.pool_dir / "baseline.jsonl").read_text().splitlines()]
+        return [json.loads(x) for x in (self.baseline_dir / "baseline.jsonl").read_text().splitlines()]
 
 
 WORLD_FILE = "miniature-world.json"  # the config of the world a run directory uses
@@ -86,89 +89,124 @@ def _world_config(run_dir: Path) -> WorldConfig:
         return WorldConfig()
 
 
-def stored_world(run_dir: str | Path) -> Built | None:
+def _requests(cfg: WorldConfig, control: bool) -> dict[str, dict]:
+    """Each world stage's config: the tasks by sizes and seed, the policy by the whole policy config, the pool by
+    seed and whether it is the control pool, the baseline by seed; so the control world shares tasks and policy."""
+    return {"miniature-tasks": {"sizes": _sizes(cfg), "seed": cfg.seed},
+            "miniature-policy": dataclasses.asdict(cfg),
+            "miniature-pool": {"seed": cfg.seed, "control": control},
+            "miniature-baseline": {"seed": cfg.seed}}
+
+
+def stored_world(run_dir: str | Path, control: bool = False) -> Built | None:
     """The run directory's world if all of it is already in the store, else None; computes nothing."""
     run_dir = Path(run_dir)
     if not (run_dir / WORLD_FILE).exists():
         return None
     cfg, store, code = _world_config(run_dir), RunStore(run_dir), default_code_version(__name__)
-    conf, sizes = dataclasses.asdict(cfg), _sizes(cfg)
-    tasks = store.get("miniature-tasks", store.key_for("miniature-tasks", {"sizes": sizes, "seed": cfg.seed}, None, code))
+    requests = _requests(cfg, control)
+    tasks = store.get("miniature-tasks", store.key_for("miniature-tasks", requests["miniature-tasks"], None, code))
     if tasks is None:
         return None
-    policy_entry = store.get("miniature-policy", store.key_for("miniature-policy", conf, {"tasks": tasks}, code))
-    pool = store.get("miniature-pool", store.key_for("miniature-pool", {"seed": cfg.seed}, {"tasks": tasks}, code))
-    if policy_entry is None or pool is None:
-        return None
-    return Built(tasks.path, policy_entry.path, pool.path, {"tasks": tasks, "policy": policy_entry, "pool": pool})
+    entries = {"tasks": tasks}
+    for stage in ("miniature-policy", "miniature-pool", "miniature-baseline"):
+        inputs = {"tasks": tasks, **({"policy": entries["policy"]} if stage == "miniature-pool" and control else {})}
+        entry = store.get(stage, store.key_for(stage, requests[stage], inputs, code))
+        if entry is None:
+            return None
+        entries[stage.split("-")[1]] = entry
+    return Built(tasks.path, entries["policy"].path, entries["pool"].path, entries, entries["baseline"].path)
 
 
 def _sizes(cfg: WorldConfig) -> dict[str, int]:
-    return {"sft": cfg.sft_prompts, "train": cfg.train_prompts, "eval": cfg.eval_prompts,
+    return {"sft": cfg.sft_prompts, "train": cfg.train_prompts, "dev": cfg.dev_prompts, "eval": cfg.eval_prompts,
             "train_hs2": cfg.train_hs2_prompts}
 
 
-def build_world(run_dir: str | Path, cfg: WorldConfig | None = None, progress: bool = True) -> Built:
-    """Build (or fetch from the store) every piece of the world; a second or so on a hit, ~2 minutes cold.
+def build_world(run_dir: str | Path, cfg: WorldConfig | None = None, progress: bool = True,
+                control: bool = False) -> Built:
+    """Build (or fetch from the store) every piece of the world; a second or so on a hit, a minute or two cold.
 
     Without ``cfg`` the run directory's own world is used (the config it was last built with, recorded
     in ``miniature-world.json``), else the default; so ``miniature:*`` names resolve to one world per run.
+    ``control`` builds the control world's pool instead (same tasks, policy and baseline).
     """
     run_dir = Path(run_dir)
     cfg = cfg or _world_config(run_dir)
     store = RunStore(run_dir)
-    conf = dataclasses.asdict(cfg)
-    sizes = _sizes(cfg)
+    requests = _requests(cfg, control)
+    pool_styles = generators.CONTROL_POOL if control else generators.POOL
 
     def make_tasks(out: Path) -> dict:
-        splits = make_splits(sizes, cfg.seed)
+        splits = make_splits(requests["miniature-tasks"]["sizes"], cfg.seed)
         return {split: write_jsonl(out / f"{split}.jsonl", (t.to_dict() for t in ts)) for split, ts in splits.items()}
 
-    tasks_entry = store.run("miniature-tasks", make_tasks, {"sizes": sizes, "seed": cfg.seed})
+    tasks_entry = store.run("miniature-tasks", make_tasks, requests["miniature-tasks"])
     world = Built(tasks_entry.path, Path(), Path(), {})
 
     def make_policy(out: Path) -> dict:
+        from simplemix.miniature.policy import single_threaded
+
         rng = random.Random(cfg.seed)
-        names, weights = list(generators.DEMONSTRATORS), list(generators.DEMONSTRATORS.values())
+        names, weights = list(generators.DEMONSTRATOR_WEIGHTS), list(generators.DEMONSTRATOR_WEIGHTS.values())
         sft = world.tasks("sft")
-        demos = [(t.messages(), generators.respond(generators.STYLES[rng.choices(names, weights)[0]], t, rng))
-                 for t in sft]
+        demos = [(t.messages(), generators.respond(generators.DEMONSTRATORS[rng.choices(names, weights)[0]], t, rng))
+                 for t in sft for _ in range(cfg.sft_verifiable_demos if t.category in VERIFIABLE else 1)]
         # The tokenizer sees every style, so off-policy text is as representable as the policy's own.
         corpus = [t.prompt for t in sft] + [r for _, r in demos]
-        corpus += [generators.respond(s, t, rng) for s in generators.POOL + (generators.BASELINE,) for t in sft]
-        tokenizer = policy.train_tokenizer(corpus, cfg.policy.vocab_size, out)
-        return policy.train_sft(tokenizer, demos, cfg.policy, out, progress=progress, weak_dir=out / "weak")
+        corpus += [generators.respond(s, t, rng) for s in generators.STYLES.values() for t in sft]
+        with single_threaded():
+            tokenizer = policy.train_tokenizer(corpus, cfg.policy.vocab_size, out)
+            return policy.train_sft(tokenizer, demos, cfg.policy, out, progress=progress, weak_dir=out / "weak")
 
-    policy_entry = store.run("miniature-policy", make_policy, conf, inputs={"tasks": tasks_entry})
+    policy_entry = store.run("miniature-policy", make_policy, requests["miniature-policy"],
+                             inputs={"tasks": tasks_entry})
 
     def make_pool(out: Path) -> dict:
         rng = random.Random(cfg.seed + 1)
-        uf, uf_skipped = _ultrafeedback_like(world.tasks("train"), rng)
-        hs2, hs2_skipped = _helpsteer2_like(world.tasks("train_hs2"), rng)
-        baseline = [{"instruction": t.prompt, "output": generators.respond(generators.BASELINE, t, rng),
-                     "generator": "baseline", "category": t.category} for t in world.tasks("eval")]
+        own = _own_errors(world.tasks("train") + world.tasks("train_hs2"), policy_entry.path, cfg.seed) \
+            if control else None
+        uf, uf_skipped = _ultrafeedback_like(world.tasks("train"), rng, pool_styles, own)
+        hs2, hs2_skipped = _helpsteer2_like(world.tasks("train_hs2"), rng, pool_styles, own)
         return {"ultrafeedback_pairs": write_jsonl(out / DATASETS["miniature:ultrafeedback"], uf),
                 "ultrafeedback_skipped": uf_skipped, "helpsteer2_rows": write_jsonl(
                     out / DATASETS["miniature:helpsteer2"], hs2), "helpsteer2_skipped": hs2_skipped,
-                "baseline": write_jsonl(out / "baseline.jsonl", baseline)}
+                "generators": [s.name for s in pool_styles], "control": control}
 
-    pool_entry = store.run("miniature-pool", make_pool, {"seed": cfg.seed}, inputs={"tasks": tasks_entry})
+    def make_baseline(out: Path) -> dict:
+        rng = random.Random(cfg.seed + 2)
+        baseline = [{"instruction": t.prompt, "output": generators.respond(generators.BASELINE, t, rng),
+                     "generator": "baseline", "category": t.category} for t in world.tasks("eval")]
+        return {"baseline": write_jsonl(out / "baseline.jsonl", baseline)}
+
+    pool_inputs = {"tasks": tasks_entry, **({"policy": policy_entry} if control else {})}
+    pool_entry = store.run("miniature-pool", make_pool, requests["miniature-pool"], inputs=pool_inputs)
+    baseline_entry = store.run("miniature-baseline", make_baseline, requests["miniature-baseline"],
+                               inputs={"tasks": tasks_entry})
     tmp = run_dir / f".{WORLD_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(conf, sort_keys=True))
+    tmp.write_text(json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     os.replace(tmp, run_dir / WORLD_FILE)
-    return Built(tasks_entry.path, policy_entry.path, pool_entry.path,
-                 {"tasks": tasks_entry, "policy": policy_entry, "pool": pool_entry})
+    entries = {"tasks": tasks_entry, "policy": policy_entry, "pool": pool_entry, "baseline": baseline_entry}
+    return Built(tasks_entry.path, policy_entry.path, pool_entry.path, entries, baseline_entry.path)
 
 
-def _ultrafeedback_like(tasks: list[Task], rng: random.Random) -> tuple[list[dict], dict]:
+REDRAWS = 20  # a generator answers again when its two responses tie: every prompt keeps a pair, in both worlds
+
+
+def _ultrafeedback_like(tasks: list[Task], rng: random.Random, styles, own_errors=None) -> tuple[list[dict], dict]:
     """Two responses of two different pool generators per prompt, the better by the oracle as chosen, in
-    HuggingFaceH4/ultrafeedback_binarized's layout (whole conversations in chosen/rejected, scalar scores)."""
+    HuggingFaceH4/ultrafeedback_binarized's layout (whole conversations in chosen/rejected, scalar scores). A tie
+    or an identical text is redrawn (so the control world's prompts are the same), and skipped if it persists."""
     rows, skipped = [], {"identical": 0, "tied": 0}
     for i, t in enumerate(tasks):
-        a, b = rng.sample(generators.POOL, 2)  # two different generators, as in UltraFeedback
-        ra, rb = generators.respond(a, t, rng), generators.respond(b, t, rng)
-        sa, sb = judge(t, ra).reward, judge(t, rb).reward
-        if ra == rb or sa == sb:  # no preference to learn; counted in the manifest
+        a, b = rng.sample(styles, 2)  # two different generators, as in UltraFeedback
+        ra = generators.respond(a, t, rng, own_errors)
+        for _ in range(REDRAWS):
+            rb = generators.respond(b, t, rng, own_errors)
+            sa, sb = judge(t, ra).reward, judge(t, rb).reward
+            if ra != rb and sa != sb:
+                break
+        else:  # no preference to learn; counted in the manifest
             skipped["identical" if ra == rb else "tied"] += 1
             continue
         (cw, cs, cm), (rw, rs, rm) = sorted([(ra, sa, a.name), (rb, sb, b.name)], key=lambda x: -x[1])
@@ -190,22 +228,50 @@ def _attributes(task: Task, response: str) -> dict[str, int]:
             "verbosity": min(4, len(response) // 40)}
 
 
-def _helpsteer2_like(tasks: list[Task], rng: random.Random) -> tuple[list[dict], dict]:
+def _helpsteer2_like(tasks: list[Task], rng: random.Random, styles, own_errors=None) -> tuple[list[dict], dict]:
     """Two responses per prompt from one pool generator (HelpSteer2's come from one model family), one row per
     response with its five attribute ratings, in nvidia/HelpSteer2's layout; the loader binarizes them with the
-    project's HelpSteer2 weighting."""
+    project's HelpSteer2 weighting. A second response that ties the first (text, weighted rating or oracle) is
+    redrawn, and the prompt skipped if it persists."""
+    from simplemix.config import HELPSTEER2_WEIGHTS
+
+    def rating(text: str) -> float:
+        attributes = _attributes(t, text)
+        return sum(w * attributes[a] for a, w in HELPSTEER2_WEIGHTS.items())
+
     rows, skipped = [], {"identical": 0}
     weights = [4, 2, 2, 3, 1]  # HelpSteer2's responses are mostly from capable models
     for t in tasks:
-        style = rng.choices(generators.POOL, weights)[0]
-        first, second = generators.respond(style, t, rng), generators.respond(style, t, rng)
-        if first == second:
+        style = rng.choices(styles, weights)[0]
+        first = generators.respond(style, t, rng, own_errors)
+        for _ in range(REDRAWS):
+            second = generators.respond(style, t, rng, own_errors)
+            if (second != first and abs(rating(first) - rating(second)) > 1e-9
+                    and judge(t, first).reward != judge(t, second).reward):
+                break
+        else:
             skipped["identical"] += 1
             continue
         for text in (first, second):
             rows.append({"prompt": t.prompt, "response": text, **_attributes(t, text), "generator": style.name,
                          "category": t.category})
     return rows, skipped
+
+
+def _own_errors(tasks: list[Task], policy_dir: Path, seed: int) -> dict[str, list[str]]:
+    """Prompt -> the wrong answers among the (stronger) SFT policy's samples for its verifiable tasks: the mistakes
+    the control world's pool makes, so that its off-policy negatives are the policy's own."""
+    from simplemix.miniature.oracle import extract_answer
+
+    verifiable = [t for t in tasks if t.category in VERIFIABLE]
+    with policy.single_threaded():
+        drawn = policy.sample(policy_dir, [t.messages() for t in verifiable], n=4, temperature=0.7, top_p=0.9,
+                              max_new_tokens=48, seed=seed)
+    own = {}
+    for t, texts in zip(verifiable, drawn):
+        wrong = {extract_answer(t.category, x) for x in texts} - {t.meta["answer"], None}
+        own[t.prompt] = sorted(wrong)
+    return own
 
 
 def entry_summary(entries: dict[str, Entry]) -> list[dict]:

@@ -1,9 +1,9 @@
 """The oracle reward of the miniature world: the stand-in for the paper's 27B reward model.
 
-Verifiable tasks score exact correctness plus format; open-ended tasks score a hidden preference
-with several equally good modes (any one mood kept throughout a line that also names the prompt's
-setting; an item that suits the occasion, with a reason), plus a mild bonus for length, as LLM
-judges have, so that length control matters.
+Verifiable tasks score exact correctness plus format; open-ended tasks score a hidden preference with several
+good modes (any one mood kept throughout a line about the topic, best with an image that suits the topic; an item
+that suits the occasion, best an insider item, with a reason), plus a mild bonus for length, as LLM judges have,
+so that length control matters. The insider modes (images, insider items) are worth much more than the rest.
 Owns the oracle and its scorer; imports miniature.tasks.
 """
 
@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from simplemix.miniature.tasks import ITEMS, MOODS, VERIFIABLE, Task, suitability
+from simplemix.miniature.tasks import FIT, IMAGES, ITEMS, MOODS, VERIFIABLE, Task, suitability, tier
 
 ANSWER = {"math": re.compile(r"The answer is (-?\d+)\."), "coding": re.compile(r"Output: (\S+)")}
+BARE = {"math": re.compile(r"-?\d+"), "coding": re.compile(r"\[[\d,]*\]|\d+")}
 MOOD_OF = {w: mood for mood, words in MOODS.items() for w in words}
 
 
@@ -27,12 +28,13 @@ class Judgement:
 
 
 def extract_answer(category: str, response: str) -> str | None:
-    """The last formatted answer in a verifiable response, else its last bare token."""
+    """The last formatted answer in a verifiable response, else its last bare number (math) or list or number
+    (coding)."""
     found = ANSWER[category].findall(response)
     if found:
-        return found[-1]
-    tokens = response.replace(".", " ").split()
-    return tokens[-1] if tokens else None
+        return found[-1].rstrip(".")
+    bare = BARE[category].findall(response)
+    return bare[-1] if bare else None
 
 
 def length_bonus(response: str) -> float:
@@ -76,33 +78,50 @@ def _creative(task: Task, text: str) -> Judgement:
     counts = {m: sum(MOOD_OF[w] == m for w in mood_words) for m in MOODS}
     best = max(counts.values())
     others = len(mood_words) - best
+    coherent = best >= 2 and others == 0
     repeats = len(words) - len(set(words))
     in_scene = task.meta["setting"] in words
-    reward = (0.4 * mentions_topic + 0.3 * in_scene + 0.3 * min(best, 3) - 0.3 * others
+    image = any(w in words for w in IMAGES[task.meta["topic"]])
+    reward = (0.4 * mentions_topic + 0.2 * in_scene + 0.3 * coherent - 0.3 * others + 0.8 * image
               - 0.1 * max(0, repeats - 2) + length_bonus(text))
-    correct = mentions_topic and in_scene and best >= 2 and others == 0
-    return Judgement(round(reward, 6), correct)
+    return Judgement(round(reward, 6), mentions_topic and coherent and image)
+
+
+def _mentioned(task: Task, text: str) -> list[str]:
+    lower = text.lower()
+    return [item for _, item in sorted((lower.find(i.lower()), i) for i in ITEMS[task.meta["thing"]]
+                                       if i.lower() in lower)]
 
 
 def _recommendation(task: Task, text: str) -> Judgement:
     lower = text.lower()
-    own = ITEMS[task.meta["thing"]]
-    mentioned = sorted((lower.find(item.lower()), item) for item in own if item.lower() in lower)
-    foreign = [i for thing, items in ITEMS.items() if thing != task.meta["thing"] for i in items
-               if i.lower() in lower]
-    def suited(item: str) -> float:
-        return suitability(task.meta["thing"], task.meta["occasion"], item)
-
+    thing, occasion = task.meta["thing"], task.meta["occasion"]
+    mentioned = _mentioned(task, text)
+    foreign = [i for other, items in ITEMS.items() if other != thing for i in items if i.lower() in lower]
     if mentioned:
-        quality = suited(mentioned[0][1])
+        quality = suitability(thing, occasion, mentioned[0])
     else:
         quality = -0.2 if foreign else -0.5
     has_reason = "because" in lower
-    fits = task.meta["occasion"] in lower
+    fits = occasion in lower
     reward = (1.0 * quality - 0.2 * max(0, len(mentioned) - 1) + 0.1 * has_reason + 0.3 * (has_reason and fits)
               + length_bonus(text))
-    correct = bool(mentioned) and quality >= 0.9 * max(map(suited, own)) and has_reason and fits
+    correct = (bool(mentioned) and tier(thing, mentioned[0]) == "insider" and occasion in FIT[thing][mentioned[0]]
+               and has_reason and fits)
     return Judgement(round(reward, 6), correct)
+
+
+def mode(task: Task, response: str) -> str:
+    """The discrete mode a response shows: the answer (verifiable), the insider image used or "plain" (creative),
+    the item recommended or "none"; what "the SFT policy's best-of-N reaches" is measured in."""
+    text = response.strip()
+    if task.category in VERIFIABLE:
+        return str(extract_answer(task.category, text))
+    if task.category == "creative":
+        words = _words(text)
+        return next((w for w in IMAGES[task.meta["topic"]] if w in words), "plain")
+    mentioned = _mentioned(task, text)
+    return mentioned[0] if mentioned else "none"
 
 
 def judge_table(tasks: list[Task], responses: list[str], source: str):

@@ -23,7 +23,7 @@ from simplemix.store import default_code_version
 from simplemix.world import World as WorldBase
 
 __all__ = ["DATASETS", "ORACLE_NAME", "POLICY_NAME", "SPLITS", "WEAK_POLICY_NAME", "WORLD_FILE", "Built",
-           "MiniatureWorld", "WorldConfig", "build_world", "entry_summary", "stored_world"]
+           "MiniatureControlWorld", "MiniatureWorld", "WorldConfig", "build_world", "entry_summary", "stored_world"]
 
 
 class MiniatureWorld(WorldBase):
@@ -31,19 +31,30 @@ class MiniatureWorld(WorldBase):
     the held-out split as the evaluation prompts, the baseline generator as the baseline."""
 
     kind = "miniature"
+    control = False  # the control world (MiniatureControlWorld) has the mechanism removed from its pool
     # the four categories stand in for the paper's four (WildChat's math, coding, creative writing, recommendation)
     SHOWN = {"math": "Math", "coding": "Coding", "creative": "Creative writing", "recommendation": "Recommendation"}
 
     @functools.cached_property
     def built(self) -> Built:
-        return build_world(self.run_dir, progress=False)
+        return build_world(self.run_dir, progress=False, control=self.control)
+
+    def control_world(self) -> "MiniatureControlWorld":
+        return MiniatureControlWorld(self.profile, self.run_dir)
+
+    def dev_tasks(self) -> list[Task]:
+        """The dev split: prompts for choosing training settings, disjoint from every other split."""
+        return self.built.tasks("dev")
+
+    def task(self, prompt: str) -> Task:
+        return self._tasks[prompt]
 
     @functools.cached_property
     def _tasks(self) -> dict[str, Task]:
         return {t.prompt: t for split in SPLITS for t in self.built.tasks(split)}
 
     def ready(self) -> bool:
-        return stored_world(self.run_dir) is not None
+        return stored_world(self.run_dir, self.control) is not None
 
     def expected_prompts(self, data: DataConfig, known: dict) -> int:
         if self.ready():
@@ -99,7 +110,7 @@ class MiniatureWorld(WorldBase):
         return list(first.values())
 
     def eval_key(self) -> dict:
-        return {"prompts": "miniature-eval", "pool": self.built.entries["pool"].key,
+        return {"prompts": "miniature-eval", "baseline": self.built.entries["baseline"].key,
                 "num_prompts": self.profile.evaluation.num_prompts}
 
     def categories(self, instructions: list[str]) -> list[str]:
@@ -136,3 +147,15 @@ class MiniatureWorld(WorldBase):
                              "len_1": len(base["output"]), "len_2": len(answer),
                              "preference": 1 + 1 / (1 + math.exp(-gap))})
         return pd.DataFrame(rows)
+
+
+class MiniatureControlWorld(MiniatureWorld):
+    """The miniature world with the paper's mechanism removed from the off-policy pool: its generators err with the
+    SFT policy's own habits and know no mode the policy's samples do not reach. Tasks, SFT policies, oracle,
+    baseline and so the on-policy data and the evaluation are the miniature world's own."""
+
+    kind = "miniature-control"
+    control = True
+
+    def control_world(self) -> None:
+        return None
