@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from simplemix.world import Cell, World
 
 METHODS = ("off", "on", "simplemix", "hypo", "dpo_mix_p")
+FUSED_BATCH = 64  # prompts per batch of DPO-Mix-P's fused sampler (its per-token loop costs the same at any width)
 ON_FRACTION = {"off": 0.0, "on": 1.0, "hypo": 0.0}  # simplemix takes its r from the profile (or the caller)
 
 
@@ -107,7 +108,7 @@ def _round_pairs(world: World, cell: Cell, policy: Policy, prompts, round_index:
         drawn = dpo_mix_p_samples(model, reference, tokenizer, prompts.messages, num_samples=s.num_samples,
                                   fused_weights=mp.fused_weights, max_new_tokens=s.max_new_tokens,
                                   temperature=s.temperature, top_p=s.top_p, seed=s.seed + 1000 * round_index,
-                                  progress=progress)
+                                  batch_size=FUSED_BATCH, progress=progress)
         del model, reference
         texts = [[m.sample.text for m in row] for row in drawn]
         flat = world.reward().score([p for p, row in zip(prompts.messages, texts) for _ in row], sum(texts, []))
