@@ -83,16 +83,39 @@ def load_policy(policy: "Policy | ModelConfig"):
     return model.eval(), tokenizer
 
 
+SMALL_MODEL = 20_000_000  # parameters: a CPU runs a model below this fastest on one thread (benchmarks/bench_threads)
+
+
 def causal_lm(path: str, **kwargs):
     """``AutoModelForCausalLM.from_pretrained``; a LoRA adapter directory (a LoRA/QLoRA training result) is
-    loaded onto its base and merged, so every caller gets a plain model."""
+    loaded onto its base and merged, so every caller gets a plain model. A small model on a CPU sets the process
+    to one intra-op thread (:func:`threads_for`)."""
     from transformers import AutoModelForCausalLM
 
     if (Path(path) / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    threads_for(model)
+    return model
+
+
+def threads_for(model) -> int:
+    """The intra-op thread count for ``model``: one for a model under :data:`SMALL_MODEL` parameters on a CPU
+    (torch's default spreads each tiny op over every core, which is slower alone and several times slower beside
+    another CPU-bound job), else the count the process started with. Returns the count in effect."""
+    import torch
+
+    if not _START_THREADS:
+        _START_THREADS.append(torch.get_num_threads())
+    small = next(model.parameters()).device.type == "cpu" and model.num_parameters() < SMALL_MODEL
+    torch.set_num_threads(1 if small else _START_THREADS[0])
+    return torch.get_num_threads()
+
+
+_START_THREADS: list[int] = []
 
 
 def render(tokenizer, messages: list[dict]) -> list[int]:
