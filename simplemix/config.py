@@ -245,7 +245,7 @@ class HardwareConfig:
 class Profile:
     """One scale of the whole experiment: the same code path from a CPU to a GPU node.
 
-    ``seeds`` lists the replicates every comparison of a chapter with a ``seeds`` parameter runs (chapters 03-06;
+    ``seeds`` lists the replicates every comparison of a chapter with a ``seeds`` parameter runs (chapters 02-06;
     each replicate its own sampling, mixing and training): replicate ``s`` offsets ``sampling.seed``,
     ``mixing.seed`` and ``training.seed`` by ``s`` together, so replicate 0 is the profile as written
     (``simplemix.experiments.replicate``). Non-empty, unique, >= 0."""
