@@ -151,8 +151,9 @@ class MiniatureWorld(WorldBase):
 
 class MiniatureControlWorld(MiniatureWorld):
     """The miniature world with the paper's mechanism removed from the off-policy pool: its generators err with the
-    SFT policy's own habits and know no mode the policy's samples do not reach. Tasks, SFT policies, oracle,
-    baseline and so the on-policy data and the evaluation are the miniature world's own."""
+    SFT policy's own wrong answers and know no mode the policy's samples do not reach. Tasks, SFT policies, oracle,
+    baseline and evaluation are the miniature world's own; its datasets may skip a different tied prompt, so its
+    on-policy samples are a fresh draw."""
 
     kind = "miniature-control"
     control = True
