@@ -25,6 +25,17 @@ def tiny_run_module(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def run_dir(tiny_run_module, tmp_path, monkeypatch):
+    """A private copy of the module's tiny world (each test starts with an empty training store), offline."""
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
+
+
 def tiny_world(run_dir, overrides=None):
     """The smoke profile's world over ``run_dir`` (whose miniature world a fixture built), with overrides."""
     from simplemix.config import load_profile

@@ -3,7 +3,6 @@ and of hand-made pair sets, the miniature LC difficulty, benchmarks, and what a 
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from simplemix.sampling import Policy
 SMALL = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
          "training.per_device_train_batch_size=4", "training.max_length=192", "training.logging_steps=1",
          "evaluation.max_new_tokens=8"]
-
-
-@pytest.fixture
-def run_dir(tiny_run_module, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
 
 
 def test_evaluation_stage_writes_alpaca_eval_files_and_oracle_annotations(run_dir):

@@ -3,8 +3,6 @@ on an enumerable output space, and the HyPO trainer on the tiny world."""
 
 import json
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -94,12 +92,6 @@ def test_kl_gradient_estimator_is_unbiased_against_autograd_of_the_exact_kl():
 
 
 # --------------------------------------------------------------------------------------------- HyPO trainer
-@pytest.fixture
-def run_dir(tiny_run_module, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
-
-
 def _cfg(kl_coef: float, **overrides) -> TrainingConfig:
     return TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=4, max_length=192, logging_steps=1,
                           warmup_steps=0.0, hypo=HypoConfig(kl_coef=kl_coef, num_samples=2, max_new_tokens=12),

@@ -2,7 +2,6 @@
 DPO-Mix-P's rounds chained through the store, and LoRA results loading as merged models."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,6 @@ from simplemix.sampling import Policy, load_policy
 
 SMALL = ["sampling.num_samples=4", "sampling.max_new_tokens=8", "mixing.total_pairs=12",
          "training.per_device_train_batch_size=4", "training.max_length=192", "training.logging_steps=1"]
-
-
-@pytest.fixture
-def run_dir(tiny_run_module, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
 
 
 def _manifest(path: Path) -> dict:

@@ -188,3 +188,28 @@ def test_policy_reloads_through_the_hub_loading_path_and_chats(tmp_path):
     (samples,) = generate(model, tokenizer, [MATH.messages()], max_new_tokens=8)
     assert len(samples) == 1 and samples[0].num_tokens >= 1
     assert samples[0].finish_reason in ("stop", "length")
+
+
+def test_mechanism_diagnostics_on_the_tiny_world(run_dir):
+    """Chapter 00's diagnostics: a row per category and source, counts equal to the pair sets, an on-policy chosen
+    always among its own prompt's sample modes, and the sample accuracy recounted from the stored samples."""
+    from conftest import tiny_world
+    from simplemix.methods import sources
+    from simplemix.miniature import diagnostics
+
+    world = tiny_world(run_dir, ["sampling.num_samples=2", "sampling.max_new_tokens=8"])
+    cell = world.cell()
+    table = diagnostics.mechanism(world, cell)
+    on, off = sources(world, cell, progress=False)
+    assert table.xs("on", level="source")["pairs"].sum() == len(on)
+    assert table.xs("off", level="source")["pairs"].sum() == len(off)
+    assert (table.xs("on", level="source")["reached"] == 1).all()
+    assert ((table["right_over_wrong"] >= 0) & (table["right_over_wrong"] <= 1)).all()
+    acc = diagnostics.sft_accuracy(world, cell)
+    samples = diagnostics._samples(world, cell)
+    for category in tasks.CATEGORIES:
+        mine = [judge(t, r["text"]).correct for t, r in samples if t.category == category]
+        assert acc.loc[category, "sample_accuracy"] == pytest.approx(sum(mine) / len(mine))
+    assert set(world.control_world().built.entries) == set(world.built.entries)
+    assert world.control_world().built.policy_dir == world.built.policy_dir
+    assert world.control_world().built.pool_dir != world.built.pool_dir

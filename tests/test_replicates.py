@@ -2,8 +2,6 @@
 of Replicates against the plain statistics of evaluation, pairing, and the replicate worlds' stage keys."""
 
 import math
-import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -220,13 +218,6 @@ def test_the_bootstrap_is_vectorized_and_fast():
 
 
 # ----------------------------------------------------------------------------- (f) the replicate worlds
-@pytest.fixture
-def run_dir(tiny_run_module, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
-
-
 def test_replicate_worlds_offset_the_three_seeds_and_key_their_stages_apart(run_dir):
     w = tiny_world(run_dir, SMALL + ["seeds=[0, 1, 2]", "sampling.seed=5"])
     cell = w.cell()

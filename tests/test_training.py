@@ -5,7 +5,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import statistics
 import subprocess
@@ -35,12 +34,6 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
-
-
-@pytest.fixture
-def run_dir(tiny_run_module, tmp_path):
-    """A private copy of the module's tiny world, so each test starts with an empty training store."""
-    return Path(shutil.copytree(tiny_run_module, tmp_path / "run"))
 
 
 def small(**overrides) -> TrainingConfig:

@@ -28,24 +28,23 @@ COLUMNS = {"pairs": "pairs", "right_over_wrong": "correct chosen, incorrect reje
            "logp_rejected": "SFT log-prob/token, rejected", "reached": "chosen mode in SFT best-of-N"}
 
 
-def _sample_modes(world: MiniatureWorld, cell: Cell) -> tuple[dict[str, set[str]], list[dict]]:
-    """Per training prompt (by text) the modes its on-policy samples show, and the samples themselves."""
+def _samples(world: MiniatureWorld, cell: Cell) -> list[tuple]:
+    """The cell's on-policy samples as (task, sample row), one per sample."""
+    from simplemix.data import read_jsonl
     from simplemix.onpolicy import load_samples, on_policy_pairs
 
     entries = on_policy_pairs(world, cell, progress=False)
-    rows = load_samples(entries["samples"], entries["scores"])
-    prompts = {r["prompt_id"]: r["prompt"] for r in _read(entries["samples"])}
+    prompts = {r["prompt_id"]: r["prompt"] for r in read_jsonl(entries["samples"].path / "samples.jsonl")}
+    return [(world.task(prompts[r["prompt_id"]][-1]["content"]), r)
+            for r in load_samples(entries["samples"], entries["scores"])]
+
+
+def _sample_modes(world: MiniatureWorld, cell: Cell) -> dict[str, set[str]]:
+    """Per training prompt (by text) the modes its on-policy samples show."""
     modes: dict[str, set[str]] = {}
-    for r in rows:
-        task = world.task(prompts[r["prompt_id"]][-1]["content"])
+    for task, r in _samples(world, cell):
         modes.setdefault(task.prompt, set()).add(mode(task, r["text"]))
-    return modes, rows
-
-
-def _read(entry) -> list[dict]:
-    from simplemix.data import read_jsonl
-
-    return read_jsonl(entry.path / "samples.jsonl")
+    return modes
 
 
 def mechanism(world: MiniatureWorld, cell: Cell, progress: bool = False) -> "pd.DataFrame":
@@ -58,7 +57,7 @@ def mechanism(world: MiniatureWorld, cell: Cell, progress: bool = False) -> "pd.
     from simplemix.methods import sources
     from simplemix.sampling import load_policy
 
-    modes, _ = _sample_modes(world, cell)
+    modes = _sample_modes(world, cell)
     on, off = sources(world, cell, progress=progress)
     model, tokenizer = load_policy(world.sft_policy(cell))
     rows = []
@@ -88,14 +87,9 @@ def sft_accuracy(world: MiniatureWorld, cell: Cell) -> "pd.DataFrame":
     from simplemix.miniature.generators import habit_answer
     from simplemix.miniature.oracle import extract_answer
 
-    _, rows = _sample_modes(world, cell)
-    from simplemix.onpolicy import on_policy_pairs
-
-    prompts = {r["prompt_id"]: r["prompt"] for r in _read(on_policy_pairs(world, cell, progress=False)["samples"])}
     by_prompt: dict[str, list[tuple[bool, bool]]] = {}
     category = {}
-    for r in rows:
-        task = world.task(prompts[r["prompt_id"]][-1]["content"])
+    for task, r in _samples(world, cell):
         right = judge(task, r["text"]).correct
         habit = task.category in VERIFIABLE and extract_answer(task.category, r["text"]) == habit_answer(task) \
             and habit_answer(task) != task.meta["answer"]
