@@ -199,6 +199,9 @@ class TrainingConfig:
     dpo_mix_p: DpoMixPConfig = field(default_factory=DpoMixPConfig)
     accelerate_config: Optional[str] = None  # a file under recipes/accelerate/, for multi-GPU launches
     num_processes: int = at_least(1, 1)
+    # a killed run resumes from its newest checkpoint: ten per run, but none sooner than this after the last, so
+    # a run of a few seconds writes none (checkpointing cost it more than its training) and a long one loses little
+    checkpoint_min_interval_s: float = at_least(30.0, 0.0)
     dpo_args: dict[str, Any] = field(default_factory=dict)  # further trl.DPOConfig fields, by their TRL names
 
 

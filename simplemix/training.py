@@ -22,21 +22,23 @@ import json
 import random
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 _rng = random.getstate()  # trl's import draws from Python's global RNG (rich seeds itself): put it back below
 import torch  # noqa: E402
+from datasets import Features, List, Value  # noqa: E402
 import trl  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.models.utils import unwrap_model_for_generation  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
 from trl.trainer.utils import use_adapter  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 random.setstate(_rng)
 
 from simplemix.config import ConfigError, HypoConfig, ModelConfig, QuantizationConfig, TrainingConfig
-from simplemix.data import to_trl
 from simplemix.fused import fused_sample_ids
 from simplemix.sampling import DTYPES, Policy, as_policy, causal_lm
 from simplemix.store import Entry, RunStore, default_code_version, stable_hash
@@ -46,6 +48,9 @@ SOURCE_COLUMN = "is_on_policy"  # 1 for an on-policy pair, 0 for off-policy; num
 PROMPT_KEYS = ("hypo_prompt_ids", "hypo_prompt_mask")  # left-padded prompts the HyPO collator adds
 EXTRA_KEYS = (SOURCE_COLUMN, *PROMPT_KEYS)  # batch entries that are ours, not model inputs
 METHODS = ("dpo", "hypo")
+_MESSAGES = List({"role": Value("string"), "content": Value("string")})
+TRL_FEATURES = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
+                         "pair_id": Value("string"), SOURCE_COLUMN: Value("int64")})
 
 _DPO_NAMES = frozenset(f.name for f in dataclasses.fields(DPOConfig))
 _TRAINING_NAMES = tuple(f.name for f in dataclasses.fields(TrainingConfig))
@@ -80,6 +85,7 @@ NON_TRL_FIELDS: dict[str, str] = {
     "dpo_mix_p": "simplemix.methods: the rounds and fused weights of DPO-Mix-P",
     "accelerate_config": "simplemix.launch: the accelerate (DDP or DeepSpeed) config of a multi-GPU launch",
     "num_processes": "simplemix.launch: the number of processes of a multi-GPU launch",
+    "checkpoint_min_interval_s": "train: the least time between two checkpoints (never part of a stage key)",
     "dpo_args": "dpo_config: further DPOConfig fields by their TRL names, passed through after check_dpo_args",
 }
 
@@ -90,8 +96,8 @@ SET_BY_SIMPLEMIX: dict[str, str] = {
     "dataloader_pin_memory": "set from the device (CUDA when available)",
     "report_to": "the log history is saved as log_history.json in the train entry",
     "logging_first_step": "step 1 is always logged (its loss is ln 2 at the reference)",
-    "save_strategy": "checkpoints are how a killed run resumes: ten per run, the newest kept",
-    "save_steps": "checkpoints are how a killed run resumes: ten per run, the newest kept",
+    "save_strategy": "checkpoints are how a killed run resumes: ten per run (see training.checkpoint_min_interval_s)",
+    "save_steps": "checkpoints are how a killed run resumes: ten per run (see training.checkpoint_min_interval_s)",
     "save_total_limit": "checkpoints are how a killed run resumes: ten per run, the newest kept",
     "resume_from_checkpoint": "a killed run resumes from its newest complete checkpoint by itself",
     "run_name": "it is the name of the training run (train(name=...))",
@@ -364,11 +370,22 @@ def make_trainer(model, tokenizer, args, dataset, peft_config=None, *, hypo: Hyp
 
 
 def trl_pairs(pairs):
-    """Normalized pairs in TRL's format with ``pair_id`` and ``is_on_policy``, sorted by pair_id so the trained
-    model depends on the set of pairs, not on their order."""
-    ids, flags = pairs["pair_id"], [int(source == "on") for source in pairs["source"]]
-    order = sorted(range(len(ids)), key=lambda i: (ids[i], flags[i]))
-    return to_trl(pairs).add_column("pair_id", ids).add_column(SOURCE_COLUMN, flags).select(order)
+    """Normalized pairs in TRL's format (:func:`simplemix.data.to_trl`) with ``pair_id`` and ``is_on_policy``,
+    sorted by pair_id so the trained model depends on the set of pairs, not on their order. Built from Python
+    lists in one step: a chain of Dataset.map/add_column/select costs more than the training of a small run."""
+    from datasets import Dataset
+
+    rows = pairs.select_columns(["pair_id", "source", "prompt", "chosen", "rejected"]).to_dict()
+    flags = [int(source == "on") for source in rows["source"]]
+    order = sorted(range(len(flags)), key=lambda i: (rows["pair_id"][i], flags[i]))
+    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    return Dataset.from_dict({
+        "prompt": [rows["prompt"][i] for i in order],
+        "chosen": [turn(rows["chosen"][i]) for i in order],
+        "rejected": [turn(rows["rejected"][i]) for i in order],
+        "pair_id": [rows["pair_id"][i] for i in order],
+        SOURCE_COLUMN: [flags[i] for i in order],
+    }, features=TRL_FEATURES)
 
 
 def pairs_fingerprint(pairs) -> str:
@@ -384,38 +401,62 @@ def _reference(cfg: TrainingConfig) -> dict:
         "bnb_4bit_compute_dtype": _compute_dtype(cfg.quantization)}}
 
 
+def _reference_request(pairs, cfg: TrainingConfig, policy: Policy) -> tuple[dict, dict]:
+    """(config, inputs) of the ``ref-logps`` stage of ``pairs``: the policy key, the unique pairs, max_length,
+    the reference kind, the precision and the dpo_args of :data:`REFERENCE_DPO_ARGS`."""
+    config = {"policy": policy.key, "max_length": cfg.max_length, **_reference(cfg),
+              "bf16": cfg.bf16 and torch.cuda.is_available(),  # as dpo_config applies it: the precision of the pass
+              "dpo_args": {k: v for k, v in cfg.dpo_args.items() if k in REFERENCE_DPO_ARGS}}
+    return config, {"pairs": stable_hash(sorted(set(pairs["pair_id"])))}
+
+
+def _reference_table(dataset, requested: int):
+    """The ``ref-logps`` files and info from a dataset TRL has tokenized, filtered and given reference columns:
+    one row per pair_id, and how many of the ``requested`` unique pairs TRL dropped as too long."""
+    table = dataset.select_columns(["pair_id", *REF_COLUMNS]).to_pandas().drop_duplicates("pair_id")
+    return table, {"rows": len(table), "dropped_prompt_too_long": requested - len(table)}
+
+
+def _commit_reference(store: RunStore, request: tuple[dict, dict], table, info: dict) -> Entry:
+    def write(out: Path) -> dict:
+        table.to_parquet(out / "ref_logps.parquet", index=False)
+        return info
+
+    return store.run("ref-logps", write, *request, code_version=default_code_version(sys.modules[__name__]))
+
+
+def _prepare_for_trainer(model, cfg: TrainingConfig):
+    if cfg.finetuning == "qlora":
+        # bitsandbytes 0.50's CPU eval-mode path repacks 4-bit weights and fails on dimensions that are not a
+        # multiple of its block (functional.py:1720); train mode skips it, and with dropout off (TRL turns it
+        # off) computes the same function. TRL's reference pass runs in the trainer's __init__.
+        model.train()
+    return model
+
+
 def reference_logps(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, run_dir: str | Path,
                     progress: bool = True) -> Entry:
     """Stage ``ref-logps``: ``ref_logps.parquet`` (pair_id, ref_chosen_logps, ref_rejected_logps), computed by
     TRL's own precompute once per (policy key, unique pairs, max_length, reference kind, and the dpo_args of
-    :data:`REFERENCE_DPO_ARGS`)."""
+    :data:`REFERENCE_DPO_ARGS`). :func:`train` computes it in its own trainer when it is missing; this is for
+    callers that need it before training (the multi-GPU launcher, the on-policiness filter's test)."""
     check_dpo_args(cfg)
     policy = as_policy(policy)
-    ids = list(dict.fromkeys(pairs["pair_id"]))
-    config = {"policy": policy.key, "max_length": cfg.max_length, **_reference(cfg),
-              "bf16": cfg.bf16 and torch.cuda.is_available(),  # as dpo_config applies it: the precision of the pass
-              "dpo_args": {k: v for k, v in cfg.dpo_args.items() if k in REFERENCE_DPO_ARGS}}
-    inputs = {"pairs": stable_hash(sorted(ids))}
 
     def compute(out: Path) -> dict:
         first = {pid: i for i, pid in reversed(list(enumerate(pairs["pair_id"])))}
-        unique = pairs.select(sorted(first.values()))
         model, tokenizer, peft_config = load_model(cfg, policy)
-        if cfg.finetuning == "qlora":
-            # bitsandbytes 0.50's CPU eval-mode path repacks 4-bit weights and fails on dimensions that are not a
-            # multiple of its block (functional.py:1720); train mode skips it, and with dropout off (TRL turns it
-            # off) computes the same function.
-            model.train()
         args = dpo_config(cfg, out / "trainer", precompute_ref_log_probs=True, disable_tqdm=not progress)
         # a quantized model cannot enter a Trainer without adapters; with them disabled it is the base anyway
-        trainer = make_trainer(model, tokenizer, args, trl_pairs(unique),
+        trainer = make_trainer(_prepare_for_trainer(model, cfg), tokenizer, args,
+                               trl_pairs(pairs.select(sorted(first.values()))),
                                peft_config if cfg.finetuning == "qlora" else None)
-        table = trainer.train_dataset.select_columns(["pair_id", *REF_COLUMNS])
-        table.to_parquet(out / "ref_logps.parquet")
+        table, info = _reference_table(trainer.train_dataset, len(first))
+        table.to_parquet(out / "ref_logps.parquet", index=False)
         shutil.rmtree(out / "trainer", ignore_errors=True)
-        return {"rows": len(table), "dropped_prompt_too_long": len(ids) - len(table)}
+        return info
 
-    return RunStore(run_dir).run("ref-logps", compute, config, inputs)
+    return RunStore(run_dir).run("ref-logps", compute, *_reference_request(pairs, cfg, policy))
 
 
 def with_reference(dataset, ref: Entry):
@@ -428,6 +469,21 @@ def with_reference(dataset, ref: Entry):
     for column in REF_COLUMNS:
         dataset = dataset.add_column(column, rows[column].tolist())
     return dataset
+
+
+class CheckpointPacing(TrainerCallback):
+    """Skips a scheduled checkpoint that comes sooner than ``min_seconds`` after the last one (or the start)."""
+
+    def __init__(self, min_seconds: float):
+        self.min_seconds, self.last = min_seconds, time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            if time.monotonic() - self.last < self.min_seconds:
+                control.should_save = False
+            else:
+                self.last = time.monotonic()
+        return control
 
 
 def _complete_checkpoint(directory: Path) -> Path | None:
@@ -456,12 +512,15 @@ def train(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, run_dir: str
     check_dpo_args(cfg)
     policy = as_policy(policy)
     store = RunStore(run_dir)
-    ref = reference_logps(pairs, cfg, policy, run_dir, progress) if cfg.precompute_ref_log_probs else None
-    config = {"policy": policy.key, **_train_config(cfg, method, max_steps)}
-    inputs = {"pairs": pairs_fingerprint(pairs), **({"ref": ref} if ref else {})}
     # the key is needed before running (it names the checkpoint dir), so the code version is computed here, by
     # the rule run() uses by default; the trainer classes and helpers of this module are part of the stage
     code_version = default_code_version(sys.modules[__name__])
+    ref_request = _reference_request(pairs, cfg, policy) if cfg.precompute_ref_log_probs else None
+    ref_key = store.key_for("ref-logps", *ref_request, code_version) if ref_request else None
+    if ref_request and _world_size() > 1 and store.get("ref-logps", ref_key) is None:
+        reference_logps(pairs, cfg, policy, run_dir, progress)  # before the ranks part (see launch.py)
+    config = {"policy": policy.key, **_train_config(cfg, method, max_steps)}
+    inputs = {"pairs": pairs_fingerprint(pairs), **({"ref": ref_key} if ref_key else {})}
     key = store.key_for("train", config, inputs, code_version)
     checkpoints = Path(run_dir) / "checkpoints" / key
     if stored_only:
@@ -470,8 +529,11 @@ def train(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, run_dir: str
         return entry
 
     def fit(out: Path) -> dict:
-        """Train and save into ``out``; under ``accelerate launch`` every rank runs this, the main one saves."""
+        """Train and save into ``out``; under ``accelerate launch`` every rank runs this, the main one saves.
+        Without stored reference log-probs, TRL computes them in this trainer's __init__ and they are stored as
+        the ``ref-logps`` stage (one trainer, one model load and one tokenization instead of two)."""
         dataset = trl_pairs(pairs)
+        ref = store.get("ref-logps", ref_key) if ref_key else None
         if ref is not None:
             dataset = with_reference(dataset, ref)
         model, tokenizer, peft_config = load_model(cfg, policy)
@@ -480,8 +542,17 @@ def train(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, run_dir: str
             ref_model = load_model(cfg, policy)[0].eval()  # the KL term needs pi_ref on fresh samples
         args = dpo_config(cfg, checkpoints, run_name=name, disable_tqdm=not progress,
                           **({"max_steps": max_steps} if max_steps else {}))
+        if ref_key and ref is None:
+            _prepare_for_trainer(model, cfg)
         trainer = make_trainer(model, tokenizer, args, dataset, peft_config,
                                hypo=cfg.hypo if method == "hypo" else None, ref_model=ref_model)
+        if ref_key and ref is None:
+            table, info = _reference_table(trainer.train_dataset, len(set(pairs["pair_id"])))
+            if _commit_reference(store, ref_request, table, info).hit:
+                # another process stored them first: train on the stored values, as every later run will
+                trainer.train_dataset = with_reference(trainer.train_dataset.remove_columns(list(REF_COLUMNS)),
+                                                       store.get("ref-logps", ref_key))
+        trainer.add_callback(CheckpointPacing(cfg.checkpoint_min_interval_s))
         if not progress:
             from transformers import PrinterCallback
 
@@ -492,9 +563,10 @@ def train(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, run_dir: str
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(out)
             (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        on = sum(dataset[SOURCE_COLUMN])
-        return {"name": name, "method": method, "rows": len(dataset), "on_policy": on,
-                "off_policy": len(dataset) - on, "global_step": trainer.state.global_step,
+        trained = trainer.train_dataset  # after TRL dropped the pairs whose prompt fills max_length
+        on = sum(trained[SOURCE_COLUMN])
+        return {"name": name, "method": method, "rows": len(trained), "on_policy": on,
+                "off_policy": len(trained) - on, "global_step": trainer.state.global_step,
                 "train_loss": result.training_loss, "resumed_from": resume.name if resume else None,
                 "num_processes": trainer.accelerator.num_processes}
 

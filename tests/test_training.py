@@ -22,6 +22,7 @@ from simplemix.config import ConfigError, TrainingConfig, load_profile
 from simplemix.data import validate_rows
 from simplemix.miniature import generators
 from simplemix.miniature.oracle import judge
+from simplemix.store import RunStore
 from simplemix.miniature.policy import PolicyConfig
 from simplemix.miniature.tasks import MAKERS
 from simplemix.miniature.world import WorldConfig, build_world
@@ -167,6 +168,31 @@ def test_cached_ref_logps_equal_trls_own_and_train_identically(run_dir, tmp_path
     assert abs(ours.state.log_history[0]["loss"] - math.log(2)) < 1e-5
 
 
+def test_training_without_stored_reference_stores_the_same_reference_and_trains_the_same(run_dir, tmp_path):
+    """train() computes a missing reference in its own trainer and stores it as the ref-logps stage: same key and
+    values as the standalone stage (TRL's own precompute), and the same training as a run that found it stored."""
+    import shutil
+
+    import pandas as pd
+
+    pairs, cfg = pool(run_dir, 12), small()
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)  # the same world, nothing trained yet
+    fused = training.train_dpo(pairs, cfg, tiny_policy(run_dir), run_dir, name="fused", max_steps=2, progress=False)
+    refs = RunStore(run_dir).entries()
+    (stored,) = [e for e in refs if e.stage == "ref-logps"]
+    alone = training.reference_logps(pairs, cfg, tiny_policy(other), other, progress=False)
+    assert alone.key == stored.key and fused.manifest["inputs"]["ref"] == stored.key
+    a, b = (pd.read_parquet(e.path / "ref_logps.parquet").set_index("pair_id").sort_index() for e in (stored, alone))
+    assert list(a.index) == list(b.index) and len(a) == len(set(pairs["pair_id"]))
+    assert (a - b).abs().max().max() < 1e-6
+    assert stored.manifest["info"] == alone.manifest["info"]
+    split = training.train_dpo(pairs, cfg, tiny_policy(other), other, name="split", max_steps=2, progress=False)
+    assert split.key == fused.key
+    assert [r["loss"] for r in history(split) if "loss" in r] == pytest.approx(
+        [r["loss"] for r in history(fused) if "loss" in r], abs=1e-6)
+
+
 def _logp_by_hand(model, tokenizer, prompt, response) -> float:
     import torch
 
@@ -227,7 +253,8 @@ KILLED_RUN = textwrap.dedent("""
     from simplemix.config import TrainingConfig
     from simplemix.miniature.world import build_world
     pairs = build_world(sys.argv[1], progress=False).off_policy_pairs()
-    cfg = TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=2, max_length=192, logging_steps=1)
+    cfg = TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=2, max_length=192, logging_steps=1,
+                         checkpoint_min_interval_s=0)
     training.train_dpo(pairs, cfg, tiny_policy(sys.argv[1]), sys.argv[1], name="killed", max_steps=60,
                        progress=False)
 """)
@@ -251,7 +278,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(run_dir, monkeypatch):
     monkeypatch.setattr(trainer_class, "training_step",
                         lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
     pairs = build_world(run_dir, progress=False).off_policy_pairs()
-    cfg = TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=2, max_length=192, logging_steps=1)
+    cfg = TrainingConfig(learning_rate=5e-4, per_device_train_batch_size=2, max_length=192, logging_steps=1,
+                         checkpoint_min_interval_s=0)
     entry = training.train_dpo(pairs, cfg, tiny_policy(run_dir), run_dir, name="killed", max_steps=60, progress=False)
     info = entry.manifest["info"]
     resumed_at = int(info["resumed_from"].split("-")[1])
@@ -260,6 +288,22 @@ def test_killed_training_resumes_from_its_last_checkpoint(run_dir, monkeypatch):
     logged = [row["step"] for row in history(entry) if "loss" in row]
     assert logged == list(range(1, 61)), "the log history of the killed part was not carried over"
     assert not (run_dir / "checkpoints" / entry.key).exists()
+
+
+def test_checkpoints_are_paced_by_their_least_interval(monkeypatch):
+    from transformers import TrainerControl
+
+    clock = [100.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    pacing = training.CheckpointPacing(30.0)
+    saved = []
+    for step in range(1, 21):
+        clock[0] += 4.0  # a step every 4 s; the schedule asks for a checkpoint every 2 steps (8 s)
+        control = TrainerControl(should_save=step % 2 == 0)
+        saved.append(step) if pacing.on_step_end(None, None, control).should_save else None
+    assert saved == [8, 16], "a checkpoint came sooner than 30 s after the last, or a due one was skipped"
+    assert training.CheckpointPacing(0.0).on_step_end(None, None, TrainerControl(should_save=True)).should_save
+    assert "checkpoint_min_interval_s" not in json.dumps(training._train_config(TrainingConfig(), "dpo", None))
 
 
 # ----------------------------------------------------------------------------------------------- learning check
