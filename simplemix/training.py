@@ -418,9 +418,10 @@ def _reference_table(dataset, requested: int):
 
 
 def _commit_reference(store: RunStore, request: tuple[dict, dict], table, info: dict) -> Entry:
+    """Store a reference pass that ran in a training trainer; its time is in that train stage's wall_s."""
     def write(out: Path) -> dict:
         table.to_parquet(out / "ref_logps.parquet", index=False)
-        return info
+        return info | {"computed_in": "train (the training trainer's __init__; its wall_s holds this pass)"}
 
     return store.run("ref-logps", write, *request, code_version=default_code_version(sys.modules[__name__]))
 

@@ -186,7 +186,8 @@ def test_training_without_stored_reference_stores_the_same_reference_and_trains_
     a, b = (pd.read_parquet(e.path / "ref_logps.parquet").set_index("pair_id").sort_index() for e in (stored, alone))
     assert list(a.index) == list(b.index) and len(a) == len(set(pairs["pair_id"]))
     assert (a - b).abs().max().max() < 1e-6
-    assert stored.manifest["info"] == alone.manifest["info"]
+    assert {k: v for k, v in stored.manifest["info"].items() if k != "computed_in"} == alone.manifest["info"]
+    assert stored.manifest["info"]["computed_in"].startswith("train")
     split = training.train_dpo(pairs, cfg, tiny_policy(other), other, name="split", max_steps=2, progress=False)
     assert split.key == fused.key
     assert [r["loss"] for r in history(split) if "loss" in r] == pytest.approx(
