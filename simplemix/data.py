@@ -524,6 +524,18 @@ def load_preferences(fmt: str, path: str | os.PathLike, *, split: str | None = N
     return validate_rows(ds, origin=origin, fmt=fmt, **options)
 
 
+def load_stored_pairs(path: str | os.PathLike, source: str) -> Dataset:
+    """Normalized pairs of a committed stage's file (empty responses kept), read and validated once per process:
+    a stage's files never change after its commit, and a chapter reads the same pool for each of its runs."""
+    stat = os.stat(path)
+    return _stored_pairs(os.fspath(path), source, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _stored_pairs(path: str, source: str, mtime_ns: int, size: int) -> Dataset:
+    return load_preferences("local", path, source=source, on_invalid={"empty_response": "keep"})[0]
+
+
 def to_trl(ds: Dataset) -> Dataset:
     """Normalized pairs in TRL's conversational preference format: prompt messages, one assistant message each."""
     from datasets import Features, List, Value

@@ -180,10 +180,9 @@ def on_policy_pairs(world: World, cell: Cell, sampling: SamplingConfig | None = 
 
 def load_pairs(pairs: Entry):
     """The on-policy pairs of a ``pairs`` entry as a normalized ``datasets.Dataset`` (empty samples kept)."""
-    from simplemix.data import load_preferences
+    from simplemix.data import load_stored_pairs
 
-    ds, _ = load_preferences("local", pairs.path / "pairs.jsonl", source="on", on_invalid={"empty_response": "keep"})
-    return ds
+    return load_stored_pairs(pairs.path / "pairs.jsonl", "on")
 
 
 def load_samples(samples: Entry, scores: Entry | None = None) -> list[dict]:

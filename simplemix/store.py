@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import contextlib
 import functools
+import gc
 import hashlib
 import importlib.metadata
 import inspect
@@ -85,6 +87,26 @@ class ShardCache:
         return value
 
 
+_FROZEN: list[bool] = []
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Exclude the objects alive before a stage from garbage-collector scans while it computes. Libraries collect
+    on every run (accelerate's ``free_memory`` at each ``Trainer.train``), and in a notebook kernel each full
+    collection walks every frame, table and figure the chapter holds; frozen, it walks only the stage's own."""
+    if _FROZEN:  # a stage inside a stage: the outer one owns the freeze
+        yield
+        return
+    gc.freeze()
+    _FROZEN.append(True)
+    try:
+        yield
+    finally:
+        _FROZEN.clear()
+        gc.unfreeze()
+
+
 class RunStore:
     """Content-addressed cache of stage outputs under one run directory; creates nothing until ``run``."""
 
@@ -131,7 +153,8 @@ class RunStore:
         try:
             start = time.monotonic()
             wants_shards = "shards" in inspect.signature(fn).parameters
-            info = fn(tmp, shards=ShardCache(shard_dir)) if wants_shards else fn(tmp)
+            with frozen_heap():
+                info = fn(tmp, shards=ShardCache(shard_dir)) if wants_shards else fn(tmp)
             if info is not None and not isinstance(info, dict):
                 raise TypeError(f"stage {stage!r} returned {type(info).__name__}, expected dict or None")
             manifest = {

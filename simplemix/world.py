@@ -240,7 +240,7 @@ class World:
     def off_policy_pairs(self, cell: Cell, progress: bool = True) -> "Dataset":
         """Stage ``off-policy``: the cell's dataset in the normalized schema, re-labelled by the profile's reward
         model when ``reward.rescore_off_policy`` (the paper scores both responses with its oracle RM)."""
-        from simplemix.data import load_preferences, write_jsonl
+        from simplemix.data import load_stored_pairs, write_jsonl
 
         data, rescore = cell.dataset, self.profile.reward.rescore_off_policy
         config = self._off_policy_config(cell)
@@ -256,9 +256,7 @@ class World:
             return counts
 
         entry = self.store.run("off-policy", compute, config)
-        ds, _ = load_preferences("local", entry.path / "pairs.jsonl", source="off",
-                                 on_invalid={"empty_response": "keep"})
-        return ds
+        return load_stored_pairs(entry.path / "pairs.jsonl", "off")
 
 
 class HubWorld(World):

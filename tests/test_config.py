@@ -172,7 +172,9 @@ def test_cli_config_show_prints_resolved_profile():
                           "--set", "training.beta=0.3"], capture_output=True, text=True, check=True).stdout
     data = yaml.safe_load(out)
     assert data["name"] == "smoke" and data["training"]["beta"] == 0.3
-    assert data["sampling"]["diversity_prompt"] == C.PAPER_DIVERSITY_PROMPT
+    assert data["sampling"]["diversity_prompt"] == "Give another answer, different from the ones before."
+    for name in ("single-gpu", "paper"):  # the real-model profiles ask in the paper's words
+        assert C.load_profile(name).sampling.diversity_prompt == C.PAPER_DIVERSITY_PROMPT
 
 
 def test_cli_config_error_exits_2_with_message():

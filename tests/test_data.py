@@ -189,6 +189,16 @@ def test_keepable_bad_row_is_kept_and_flagged(tmp_path, reason):
     assert len(ds) == 3 and report.kept_flagged == {reason: 1} and report.first_rows == {reason: [row]}
 
 
+def test_a_stored_pair_file_is_read_once_per_process_and_again_when_it_changes(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", GOOD)
+    first = data.load_stored_pairs(path, "on")
+    assert data.load_stored_pairs(path, "on") is first  # the second read is the first's table
+    assert first["chosen"] == [r["chosen"] for r in GOOD] and set(first["source"]) == {"on"}
+    assert set(data.load_stored_pairs(path, "off")["source"]) == {"off"}  # labelled as asked, not as cached
+    write_jsonl(path, GOOD[:2])  # a rewritten file (a stage recomputed by hand) is read again
+    assert data.load_stored_pairs(path, "on")["chosen"] == [r["chosen"] for r in GOOD[:2]]
+
+
 def test_missing_column_is_a_file_level_error(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{k: r[k] for k in ("prompt", "chosen")} for r in GOOD])
     message = (f"{path}: field 'rejected': missing column (format detected: local/standard; "

@@ -150,6 +150,40 @@ def test_non_dict_return_is_rejected_without_an_entry(tmp_path):
     assert store.entries() == [] and list((tmp_path / ".tmp").iterdir()) == []
 
 
+def test_a_stage_computes_with_the_earlier_heap_frozen_and_still_collects_its_own_garbage(tmp_path):
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    store, seen = RunStore(tmp_path), {}
+
+    def inner(out):
+        seen["inner"] = gc.get_freeze_count()
+
+    def outer(out):
+        seen["outer"] = gc.get_freeze_count()
+        store.run("inner", inner, config={}, code_version="1")
+        cycle = Node()
+        cycle.self = cycle  # garbage only a collection frees
+        ref = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        seen["own cycle freed"] = ref() is None
+        seen["after inner"] = gc.get_freeze_count()
+
+    before = Node()
+    before.self = before
+    store.run("outer", outer, config={}, code_version="1")
+    assert seen["outer"] > 0 and seen["inner"] > 0 and seen["after inner"] > 0  # nesting keeps the outer freeze
+    assert seen["own cycle freed"]
+    assert gc.get_freeze_count() == 0  # unfrozen after the stage
+    with pytest.raises(ValueError):
+        store.run("failing", lambda out: (_ for _ in ()).throw(ValueError("x")), config={}, code_version="1")
+    assert gc.get_freeze_count() == 0  # and after a failing one
+
+
 def test_killed_stage_leaves_no_entry_and_reruns_cleanly(tmp_path):
     root, marker = tmp_path / "run", tmp_path / "started"
     proc = spawn(tmp_path, """
