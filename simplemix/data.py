@@ -547,15 +547,57 @@ def to_trl(ds: Dataset) -> Dataset:
     )
 
 
+# Characters that JSON allows raw inside a string but str.splitlines() (and other line readers) end a line at: they
+# are written escaped, so any reader of the file sees one row per line
+_LINE_BREAKS = re.compile("[\u0085\u2028\u2029]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _field_matching(value: Any, pattern: re.Pattern, where: str = "") -> str | None:
+    """The path (``samples[2].text``) of the first string in ``value`` that ``pattern`` finds something in."""
+    if isinstance(value, str):
+        return where if pattern.search(value) else None
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _field_matching(item, pattern, f"{where}[{key}]" if isinstance(key, int) else
+                                f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def jsonl_line(row: Mapping[str, Any], file: str = "<jsonl>", index: int | None = None) -> str:
+    """One row as a JSON line (non-ASCII kept, line-breaking characters escaped), newline included. A lone
+    surrogate (half of a UTF-16 pair, which UTF-8 cannot hold) is refused, naming the file, row and field."""
+    text = json.dumps(row, ensure_ascii=False)
+    if _SURROGATE.search(text):
+        field = _field_matching(row, _SURROGATE)
+        raise DataValidationError(file, index, field, "lone_surrogate",
+                                  "holds a lone UTF-16 surrogate, which UTF-8 cannot encode; replace it (for "
+                                  "example text.encode('utf-8', 'replace').decode()) before storing")
+    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
-    """One JSON object per line (UTF-8, non-ASCII kept); the number of rows written."""
-    rows = list(rows)
+    """One JSON object per line (UTF-8, non-ASCII kept); the number of rows written. Every string round-trips
+    through :func:`read_jsonl`: U+2028, U+2029 and U+0085 are escaped, NUL and other controls are JSON escapes."""
+    lines = [jsonl_line(r, os.fspath(path), i) for i, r in enumerate(rows)]  # all checked before the file opens
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return len(rows)
+        f.writelines(lines)
+    return len(lines)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The rows :func:`write_jsonl` wrote."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a JSONL file, lines ended by "\\n" only; a line that is not JSON is an error naming the file,
+    its 0-based row and the column."""
+    rows = []
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataValidationError(os.fspath(path), index, None, "invalid_json",
+                                          f"not a JSON object: {e.msg} at column {e.colno}") from None
+    return rows

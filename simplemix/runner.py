@@ -7,9 +7,12 @@ Owns the papermill batch and the book build; imports config.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,6 +89,8 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     for slot in (gpus or [None] * workers):
         free.put(slot)
 
+    batch = _Batch()
+
     def execute(nb: Path) -> tuple[Path, int, float]:
         slot = free.get()
         env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # figures must render inline
@@ -100,7 +105,7 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
         start = time.time()
         try:
             with open(log_dir / f"{nb.stem}.log", "w") as log:
-                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                rc = batch.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         finally:
             free.put(slot)
         return nb, rc, time.time() - start
@@ -118,16 +123,45 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     bar = tqdm(total=len(pending), desc=f"notebooks ({profile})", unit="nb", disable=not pending)
     # 9x notebooks summarise the others (results, execution table): they run once the rest have finished
     waves = [[p for p in pending if not p[0].name.startswith("9")], [p for p in pending if p[0].name.startswith("9")]]
-    for wave in waves:
-        _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir)
+    if workers > 1:
+        waves[0] = longest_first(waves[0], out_dir / ".durations.json")
+    with batch.stop_on_signals():
+        for wave in waves:
+            _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir, batch)
+            if batch.stopped:
+                break
     bar.close()
+    if batch.stopped:
+        name = signal.Signals(batch.stopped).name
+        print(f"stopped by {name}: {len(done)} notebooks completed are kept; run the same command to resume",
+              file=sys.stderr)
+        return 128 + batch.stopped
     print(f"{len(todo) - len(failures)} of {len(todo)} notebooks up to date in {out_dir}")
     for line in failures:
         print(f"FAILED {line}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir) -> None:
+def longest_first(wave: list, durations_file: Path) -> list:
+    """Chapter 00 first (it builds the world the others wait for), then the rest longest first, so the longest one
+    is not left to run alone at the end. A notebook's length is its last wall time in this run directory, else the
+    ``simplemix.relative_cost`` of its metadata (measured on the smoke profile), else 1; ties keep book order."""
+    import json
+
+    known = json.loads(durations_file.read_text()) if durations_file.exists() else {}
+
+    def cost(item) -> float:
+        nb = item[0]
+        if nb.name in known:
+            return known[nb.name]
+        meta = json.loads(nb.read_text(encoding="utf-8")).get("metadata", {}).get("simplemix", {})
+        return float(meta.get("relative_cost", 1.0))
+
+    first = [p for p in wave if p[0].name.startswith("00")]
+    return first + sorted((p for p in wave if p not in first), key=cost, reverse=True)
+
+
+def _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir, batch) -> None:
     """Execute one wave of notebooks, ``workers`` at a time, recording completions as they come."""
     import json
     from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -142,7 +176,13 @@ def _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, l
                 # chapter 00 builds the shared world: let it start first so the others wait on its stages' locks
                 time.sleep(2)
         for future in as_completed(futures):
+            if future.cancelled():
+                continue
             nb, rc, seconds = future.result()
+            if batch.stopped:  # a notebook killed by the stop is neither completed nor a failure of its own
+                for pending in futures:
+                    pending.cancel()
+                continue
             bar.update(1)
             if rc == 0:
                 done[nb.name] = futures[future]
@@ -152,6 +192,68 @@ def _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, l
                 failures.append(f"{nb.name}: {_failed_cell(out_dir / nb.name)} (log: {log_dir / (nb.stem + '.log')})")
                 tqdm.write(f"FAILED  {nb.name}  {seconds:.1f} s")
             done_file.write_text(json.dumps(done, indent=1, sort_keys=True))
+            durations = out_dir / ".durations.json"
+            known = json.loads(durations.read_text()) if durations.exists() else {}
+            durations.write_text(json.dumps(known | {nb.name: round(seconds, 1)}, indent=1, sort_keys=True))
+
+
+class _Batch:
+    """The papermill processes of a batch, each under a :mod:`simplemix._tether` guardian that ends it, its kernel
+    and whatever the kernel started if the runner dies (even by SIGKILL). On SIGINT or SIGTERM the runner starts no
+    more notebooks, ends every running one the same way, and exits 128 + the signal."""
+
+    def __init__(self):
+        self.stopped = 0  # the signal that stopped the batch, or 0
+        self._running: set = set()
+        self._lock = threading.Lock()
+
+    def call(self, cmd: list[str], **kwargs) -> int:
+        import os
+
+        with self._lock:
+            if self.stopped:
+                return 128 + self.stopped
+            proc = subprocess.Popen([sys.executable, "-m", "simplemix._tether", str(os.getpid()), *cmd],
+                                    start_new_session=True, **kwargs)  # the terminal's Ctrl-C reaches the runner only
+            self._running.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+
+    def stop(self, signum: int) -> None:
+        """Stop the batch: no new notebook starts, every running one is ended with all its descendants."""
+        from simplemix._tether import end_tree
+
+        with self._lock:
+            self.stopped = self.stopped or signum
+            running = list(self._running)
+        threads = [threading.Thread(target=end_tree, args=(proc.pid,)) for proc in running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    @contextlib.contextmanager
+    def stop_on_signals(self):
+        """While the batch runs, SIGINT and SIGTERM stop it (see :meth:`stop`); outside the main thread, nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handle(signum, frame):
+            print(f"\n{signal.Signals(signum).name}: stopping the running notebooks...", file=sys.stderr, flush=True)
+            threading.Thread(target=self.stop, args=(signum,), daemon=True).start()
+
+        for s in handlers:
+            signal.signal(s, handle)
+        try:
+            yield
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
 
 
 def build_book(run_dir: str | Path = "runs/smoke") -> int:

@@ -87,6 +87,38 @@ class ShardCache:
         return value
 
 
+class StageOutputError(ValueError):
+    """A file a stage wrote that its readers could not parse: the stage is not committed."""
+
+
+def check_readable(directory: Path, what: str) -> None:
+    """Re-read every JSON and JSONL file under ``directory`` as its readers will, before it is committed: a JSONL
+    line must parse and hold no character that ends a line for ``str.splitlines`` (U+2028, U+2029, U+0085...)."""
+    for path in sorted(directory.rglob("*.json*")):
+        name = path.relative_to(directory)
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8", newline="\n") as f:
+                for index, line in enumerate(f):
+                    if len(line.splitlines()) > 1:
+                        raise StageOutputError(f"{what}: {name}: line {index} holds a raw line-breaking character "
+                                               f"(U+{ord(_first_break(line)):04X}); write JSONL with "
+                                               f"simplemix.data.write_jsonl")
+                    try:
+                        if line.strip():
+                            json.loads(line)
+                    except ValueError as e:
+                        raise StageOutputError(f"{what}: {name}: line {index} is not JSON: {e}") from None
+        elif path.suffix == ".json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise StageOutputError(f"{what}: {name} is not JSON: {e}") from None
+
+
+def _first_break(line: str) -> str:
+    return next(c for c in line.rstrip("\n") if len(f"a{c}b".splitlines()) > 1)
+
+
 _FROZEN: list[bool] = []
 
 
@@ -157,6 +189,7 @@ class RunStore:
                 info = fn(tmp, shards=ShardCache(shard_dir)) if wants_shards else fn(tmp)
             if info is not None and not isinstance(info, dict):
                 raise TypeError(f"stage {stage!r} returned {type(info).__name__}, expected dict or None")
+            check_readable(tmp, f"stage {stage}/{key}")
             manifest = {
                 "stage": stage, "key": key,
                 "config": json.loads(canonical_json(config)),

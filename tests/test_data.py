@@ -199,6 +199,47 @@ def test_a_stored_pair_file_is_read_once_per_process_and_again_when_it_changes(t
     assert data.load_stored_pairs(path, "on")["chosen"] == [r["chosen"] for r in GOOD[:2]]
 
 
+AWKWARD = ["line\u2028separator", "para\u2029graph", "next\u0085line", "nul\x00byte", "cr\rlf\r\n", "vt\x0bff\x0c",
+           "fs\x1cgs\x1drs\x1e", "emoji \U0001F600 and ü", "", "tab\tend"]
+
+
+def test_jsonl_round_trips_every_string_and_keeps_one_row_per_line_for_any_reader(tmp_path):
+    rows = [{"prompt_id": i, "text": text, "nested": {"samples": [{"text": text}]}} for i, text in enumerate(AWKWARD)]
+    path = tmp_path / "samples.jsonl"
+    assert data.write_jsonl(path, rows) == len(rows)
+    assert data.read_jsonl(path) == rows
+    raw = path.read_text(encoding="utf-8")
+    assert len(raw.splitlines()) == len(rows)  # str.splitlines() and line-based tools see the same rows
+    assert [json.loads(line) for line in raw.splitlines()] == rows
+    assert "ü" in raw and "\U0001F600" in raw  # non-ASCII stays readable
+
+
+def test_pair_files_with_line_separators_load_through_datasets(tmp_path):
+    rows = [{"prompt": f"q{i} {t}", "chosen": f"good {t}", "rejected": f"bad {t}"} for i, t in enumerate(AWKWARD[:4])]
+    path = tmp_path / "pairs.jsonl"
+    data.write_jsonl(path, rows)
+    ds, _ = data.load_preferences("local", path)
+    assert ds["chosen"] == [r["chosen"] for r in rows]
+
+
+def test_a_lone_surrogate_is_refused_naming_file_row_and_field(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    rows = [{"text": "fine"}, {"prompt_id": 1, "samples": [{"text": "ok"}, {"text": "half \ud83d of an emoji"}]}]
+    with pytest.raises(DataValidationError) as info:
+        data.write_jsonl(path, rows)
+    assert (info.value.file, info.value.row, info.value.field, info.value.reason) == (
+        str(path), 1, "samples[1].text", "lone_surrogate")
+    assert not path.exists()  # nothing half-written
+
+
+def test_a_line_that_is_not_json_names_file_and_row(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"a": 1}\n{"a": "cut\n{"a": 3}\n', encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"samples.jsonl: row 1: not a JSON object: .* at column \d+ "
+                                                  r"\(reason: invalid_json\)"):
+        data.read_jsonl(path)
+
+
 def test_missing_column_is_a_file_level_error(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{k: r[k] for k in ("prompt", "chosen")} for r in GOOD])
     message = (f"{path}: field 'rejected': missing column (format detected: local/standard; "

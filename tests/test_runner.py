@@ -55,3 +55,100 @@ def test_parallel_notebooks_get_one_gpu_each(source, tmp_path):
     assert runner.run_notebooks("smoke", runs_dir=tmp_path / "runs", source=source, gpus=["3", "5"]) == 0
     seen = sorted((tmp_path / "gpus" / name).read_text() for name in ("00_first", "01_second"))
     assert seen == ["3", "5"]  # a GPU is handed back to the end of the queue: the next notebook gets the other
+
+
+def _sleepers(tmp_path):
+    """Three notebooks that record their kernel's pid and the pid of a child the kernel starts, then sleep."""
+    src, pids = tmp_path / "slow", tmp_path / "pids"
+    src.mkdir()
+    pids.mkdir()
+    for name in ("00_a", "01_b", "02_never"):
+        _notebook(src / f"{name}.ipynb", "import os, pathlib, subprocess, sys, time",
+                  f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+                  f"pathlib.Path({str(pids)!r}, {name!r}).write_text(f'{{os.getpid()}} {{child.pid}}')",
+                  "time.sleep(600)")
+    return src, pids
+
+
+def _start_batch(src, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from simplemix import runner; "
+            f"sys.exit(runner.run_notebooks('smoke', runs_dir={str(tmp_path / 'runs')!r}, jobs=2, "
+            f"source=__import__('pathlib').Path({str(src)!r})))")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _batch_pids(proc, pids):
+    """Every process of a running batch below the runner: papermills, kernels and the kernels' children."""
+    import psutil
+
+    started = [int(x) for f in pids.iterdir() for x in f.read_text().split()]
+    return started + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+
+
+def _all_gone(pid_list):
+    import psutil
+
+    def gone(pid):
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    return all(gone(p) for p in pid_list)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_stopped_or_killed_runner_leaves_nothing_running(tmp_path, how):
+    import signal
+
+    src, pids = _sleepers(tmp_path)
+    proc = _start_batch(src, tmp_path)
+    try:
+        assert _wait_for(lambda: len(list(pids.iterdir())) == 2), proc.stderr.read() if proc.poll() else "not started"
+        everything = _batch_pids(proc, pids)
+        assert len(everything) >= 8  # per notebook: tether-exec'd papermill, kernel, the kernel's child (+ pid file)
+        proc.send_signal(getattr(signal, how))
+        rc = proc.wait(timeout=60)
+        assert _wait_for(lambda: _all_gone(everything), timeout=30), [p for p in everything if not _all_gone([p])]
+        if how == "SIGINT":
+            assert rc == 130
+            err = proc.stderr.read()
+            assert "stopped by SIGINT" in err and "run the same command to resume" in err
+            assert not (tmp_path / "pids" / "02_never").exists()  # nothing started after the stop
+            done = tmp_path / "runs" / "smoke" / "notebooks" / ".completed.json"
+            assert not done.exists() or json.loads(done.read_text()) == {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_parallel_batch_starts_chapter_00_then_the_longest(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    for name, cost in [("00_world", 5), ("01_short", 2), ("02_long", 50), ("03_plain", None)]:
+        _notebook(src / f"{name}.ipynb", "x = 1")
+        if cost is not None:
+            nb = nbformat.read(src / f"{name}.ipynb", as_version=4)
+            nb.metadata["simplemix"] = {"relative_cost": cost}
+            nbformat.write(nb, src / f"{name}.ipynb")
+    wave = [(p, "fingerprint") for p in runner.notebooks(source=src)]
+    history = tmp_path / ".durations.json"
+    assert [p.stem for p, _ in runner.longest_first(wave, history)] == ["00_world", "02_long", "01_short", "03_plain"]
+    history.write_text(json.dumps({"01_short.ipynb": 90.0, "03_plain.ipynb": 60.0}))  # the last run's wall times win
+    assert [p.stem for p, _ in runner.longest_first(wave, history)] == ["00_world", "01_short", "03_plain", "02_long"]
+    assert runner.run_notebooks("smoke", runs_dir=tmp_path / "runs", source=src, jobs=2) == 0
+    recorded = json.loads((tmp_path / "runs" / "smoke" / "notebooks" / ".durations.json").read_text())
+    assert set(recorded) == {"00_world.ipynb", "01_short.ipynb", "02_long.ipynb", "03_plain.ipynb"}

@@ -143,6 +143,23 @@ def test_failing_stage_leaves_no_entry_and_no_temp_dir(tmp_path):
     assert list((tmp_path / ".tmp").iterdir()) == []
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("samples.jsonl", '{"text": "a\u2028b"}\n', r"samples.jsonl: line 0 holds a raw line-breaking character \(U\+2028\)"),
+    ("scores.jsonl", '{"a": 1}\n{"a": \n', r"scores.jsonl: line 1 is not JSON"),
+    ("sub/manifest-like.json", '{"a": ', r"sub/manifest-like.json is not JSON"),
+])
+def test_a_stage_whose_files_its_readers_cannot_parse_is_not_committed(tmp_path, name, text, message):
+    store = RunStore(tmp_path)
+
+    def compute(out):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text, encoding="utf-8")
+
+    with pytest.raises(simplemix.store.StageOutputError, match=message):
+        store.run("samples", compute, config={}, code_version="1")
+    assert store.entries() == [] and list((tmp_path / ".tmp").iterdir()) == []
+
+
 def test_non_dict_return_is_rejected_without_an_entry(tmp_path):
     store = RunStore(tmp_path)
     with pytest.raises(TypeError):

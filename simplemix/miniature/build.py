@@ -21,7 +21,7 @@ from pathlib import Path
 from simplemix.miniature import generators, policy
 from simplemix.miniature.oracle import judge
 from simplemix.miniature.tasks import VERIFIABLE, Task, make_splits
-from simplemix.data import write_jsonl
+from simplemix.data import read_jsonl, write_jsonl
 from simplemix.store import Entry, RunStore, default_code_version
 
 POLICY_NAME = "miniature:sft-policy"  # the stronger SFT policy
@@ -56,8 +56,7 @@ class Built:
     baseline_dir: Path | None = None
 
     def tasks(self, split: str) -> list[Task]:
-        lines = (self.tasks_dir / f"{split}.jsonl").read_text().splitlines()
-        return [Task(d["category"], d["prompt"], d["meta"]) for d in map(json.loads, lines)]
+        return [Task(d["category"], d["prompt"], d["meta"]) for d in read_jsonl(self.tasks_dir / f"{split}.jsonl")]
 
     @property
     def weak_policy_dir(self) -> Path:
@@ -72,7 +71,7 @@ class Built:
         return ds
 
     def baseline_responses(self) -> list[dict]:
-        return [json.loads(x) for x in (self.baseline_dir / "baseline.jsonl").read_text().splitlines()]
+        return read_jsonl(self.baseline_dir / "baseline.jsonl")
 
 
 WORLD_FILE = "miniature-world.json"  # the config of the world a run directory uses
