@@ -28,9 +28,23 @@ def _world(args: argparse.Namespace, default: str = "grid"):
     from simplemix import config, world
 
     prof = config.load_profile(args.profile, args.set)
-    resolved = world.resolve(prof, args.run or config.default_run_dir(prof.name))
+    resolved = world.resolve(prof, args.run or config.default_run_dir(args.profile))
     cells = [resolved.cell(c) for c in args.cell] if args.cell else resolved.cells(default)
+    if not getattr(args, "worker", False):  # a launched worker's parent checked already
+        _preflight(resolved, cells, getattr(args, "dry_run", False))
     return prof, resolved, cells
+
+
+def _preflight(resolved, cells=None, dry_run: bool = False) -> None:
+    """Stop on preflight problems before any compute; a dry run (which computes nothing) lists them and goes on."""
+    from simplemix import config, preflight
+
+    try:
+        preflight.check(resolved, cells)
+    except config.ConfigError as e:
+        if not dry_run:
+            raise
+        print(f"simplemix: {e}\n(a dry run goes on; a real run stops here)", file=sys.stderr)
 
 
 def _onpolicy(args: argparse.Namespace) -> int:
@@ -54,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from simplemix import config, launch, methods
 
-    args.run = str(Path(args.run or config.default_run_dir(config.load_profile(args.profile, args.set).name)).resolve())
+    args.run = str(Path(args.run or config.default_run_dir(args.profile)).resolve())
     prof, world, cells = _world(args, default="primary")
     if len(cells) != 1:
         raise config.ConfigError(f"train: choose one cell with --cell; profile {prof.name!r} has "
@@ -93,14 +107,15 @@ def _train(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from simplemix import config, runner
 
+    from simplemix import world
+
     prof = config.load_profile(args.profile)  # fail on a bad profile before anything executes
+    resolved = world.resolve(prof, config.default_run_dir(args.profile, args.runs_dir))
+    _preflight(resolved, dry_run=args.dry_run)
     if args.dry_run:
-        from pathlib import Path
+        from simplemix import plan
 
-        from simplemix import plan, world
-
-        run_dir = Path(args.runs_dir) / Path(args.profile).stem
-        print(plan.report(plan.plan(world.resolve(prof, run_dir), runner.notebooks(args.only))))
+        print(plan.report(plan.plan(resolved, runner.notebooks(args.only))))
         return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     return runner.run_notebooks(args.profile, only=args.only, runs_dir=args.runs_dir, jobs=args.jobs, gpus=gpus,
@@ -155,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute the book's notebooks with papermill into runs/<profile>/")
     run.add_argument("--profile", default="smoke")
     run.add_argument("--only", nargs="*", default=None, help="notebook names (or prefixes) to run")
-    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--runs-dir", default=None,
+                     help="where run directories live (default $SIMPLEMIX_RUNS, else the checkout's runs/, else ./runs)")
     run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1)")
     run.add_argument("--gpus", default=None, help="comma-separated GPU ids; notebooks run in parallel, one per GPU")
     run.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
@@ -169,11 +185,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from simplemix.config import ConfigError
+    from simplemix.data import DataValidationError
+    from simplemix.store import StageOutputError
 
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"simplemix: config error: {e}", file=sys.stderr)
+        return 2
+    except (DataValidationError, StageOutputError) as e:  # the message names the file, row and field
+        print(f"simplemix: data error: {e}", file=sys.stderr)
         return 2
 
 

@@ -198,7 +198,10 @@ class TrainingConfig:
     hypo: HypoConfig = field(default_factory=HypoConfig)
     dpo_mix_p: DpoMixPConfig = field(default_factory=DpoMixPConfig)
     accelerate_config: Optional[str] = None  # a file under recipes/accelerate/, for multi-GPU launches
-    num_processes: int = at_least(1, 1)
+    num_processes: int = at_least(1, 1)  # in all, over every machine (accelerate's num_processes)
+    # machines of a multi-node launch; each runs `simplemix train` with MACHINE_RANK (or SLURM_NODEID) and
+    # MAIN_PROCESS_IP / MAIN_PROCESS_PORT (or MASTER_ADDR / MASTER_PORT) in its environment
+    num_machines: int = at_least(1, 1)
     # a killed run resumes from its newest checkpoint: ten per run, but none sooner than this after the last, so
     # a run of a few seconds writes none (checkpointing cost it more than its training) and a long one loses little
     checkpoint_min_interval_s: float = at_least(30.0, 0.0)
@@ -210,7 +213,9 @@ class EvaluationConfig:
     """AlpacaEval-style generation and judging, plus lm-evaluation-harness benchmarks."""
 
     max_new_tokens: int = at_least(2048, 1)
-    num_prompts: Optional[int] = at_least(None, 1)  # None: every evaluation prompt
+    # None: every evaluation prompt; N: a subset of N drawn in proportion to each category (at least one each), the
+    # same subset for every model, so a quick evaluation still has every category its chapters plot
+    num_prompts: Optional[int] = at_least(None, 1)
     judge: Literal["oracle", "reward_model", "alpaca_eval_gpt4_turbo"] = "oracle"
     bootstrap_samples: int = at_least(1000, 1)
     benchmarks: list[str] = field(default_factory=list)
@@ -376,10 +381,29 @@ def recipes_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
 
 
-def default_run_dir(profile: str) -> Path:
-    """Where a profile's run lives: $SIMPLEMIX_RUNS/<profile>, else the checkout's ``runs/<profile>``."""
-    base = os.environ.get("SIMPLEMIX_RUNS")
-    return (Path(base) if base else Path(__file__).resolve().parent.parent / "runs") / Path(profile).stem
+def runs_root() -> Path:
+    """Where run directories live: $SIMPLEMIX_RUNS, else the checkout's ``runs/`` (a source tree or an editable
+    install), else ``./runs`` (an installed package has no checkout)."""
+    if base := os.environ.get("SIMPLEMIX_RUNS"):
+        return Path(base).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout / "runs" if (checkout / "pyproject.toml").is_file() else Path.cwd().resolve() / "runs"
+
+
+def profile_name(profile: str | os.PathLike) -> str:
+    """A profile's name: its recipe's ``name`` key, else the recipe file's stem."""
+    path = resolve_recipe(profile)
+    try:
+        name = (yaml.safe_load(path.read_text()) or {}).get("name")
+    except yaml.YAMLError:
+        name = None
+    return str(name or path.stem)
+
+
+def default_run_dir(profile: str | os.PathLike, runs: str | os.PathLike | None = None) -> Path:
+    """The run directory of a profile for every command and chapter: ``<runs>/<profile name>``, ``runs`` defaulting
+    to :func:`runs_root`."""
+    return (Path(runs).expanduser().resolve() if runs else runs_root()) / profile_name(profile)
 
 
 def profile_names() -> list[str]:
@@ -421,10 +445,21 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
     return nested
 
 
-def _merge(base: dict, over: dict) -> dict:
+def _merge(base: dict | list, over: dict, where: str = "") -> dict | list:
+    """``over`` merged into ``base``; in a list, a key that is an index (``datasets.0.max_rows``) reaches one item."""
+    if isinstance(base, list):
+        out = list(base)
+        for k, v in over.items():
+            if not (isinstance(k, str) and k.isdigit() or isinstance(k, int)) or int(k) >= len(out):
+                raise ConfigError(f"override '{where}.{k}': {where} is a list of {len(out)} item(s); give an index "
+                                  f"from 0 to {len(out) - 1}, e.g. {where}.0")
+            i = int(k)
+            out[i] = _merge(out[i], v, f"{where}.{i}") if isinstance(v, dict) and isinstance(out[i], (dict, list)) else v
+        return out
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        key = f"{where}.{k}" if where else str(k)
+        out[k] = _merge(out[k], v, key) if isinstance(v, dict) and isinstance(out.get(k), (dict, list)) else v
     return out
 
 
@@ -436,9 +471,10 @@ def load_profile(profile: str | os.PathLike = "smoke", overrides: list[str] | di
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     source = str(path)
+    _absolute_paths(data, path.parent)  # a recipe's relative paths are relative to its own folder
     over = parse_overrides(overrides)
     if over:
-        data = _merge(data, over)
+        data = _merge(data, _absolute_paths(over, Path.cwd()))  # a command line's, to the current directory
         source += " (with overrides)"
     prof = build(Profile, data, source=source)
     _label(prof, source)
@@ -472,14 +508,47 @@ def _label(prof: Profile, source: str) -> None:
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
+
+
+def _local(value: str, base: Path) -> bool:
+    """Whether a model or data location names a local path rather than a hub id or a world name (``<world>:``):
+    it starts like a path, ends like a data file, or exists under ``base``."""
+    if not isinstance(value, str) or not value or ":" in value.split("/")[0]:
+        return False
+    return (value.startswith(("/", "./", "../", "~")) or value.endswith(DATA_SUFFIXES)
+            or (base / value).exists())
+
+
+def _absolute_paths(data: dict, base: Path) -> dict:
+    """Make the local model and data paths of raw recipe ``data`` absolute against ``base``, in place."""
+    def fix(node: dict, key: str) -> None:
+        value = node.get(key) if isinstance(node, dict) else None
+        if _local(value, base):
+            node[key] = str((base / Path(value).expanduser()).resolve())
+
+    for item in data.get("policies") or []:
+        fix(item, "name_or_path")
+    for item in data.get("datasets") or []:
+        fix(item, "path")
+    if isinstance(data.get("reward"), dict):
+        fix(data["reward"].get("model"), "name_or_path")
+    for key in ("policies", "datasets"):  # --set datasets.0.path=... arrives as {"0": {...}}
+        if isinstance(data.get(key), dict):
+            for item in data[key].values():
+                fix(item, "name_or_path" if key == "policies" else "path")
+    return data
+
+
 def _check_paths(prof: Profile, source: str) -> None:
-    """Local model and data paths must exist; hub ids and world names (``<world>:<name>``) are resolved later."""
+    """Local model and data paths (made absolute at load) must exist; hub ids and world names are resolved later."""
     checks = [(f"policies[{i}].name_or_path", m.name_or_path) for i, m in enumerate(prof.policies)]
     checks.append(("reward.model.name_or_path", prof.reward.model.name_or_path))
     checks += [(f"datasets[{i}].path", d.path) for i, d in enumerate(prof.datasets)]
     for key, value in checks:
-        if value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
-            raise ConfigError(f"{source}: {key}: path '{value}' does not exist")
+        if _local(value, Path("/")) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{source}: {key}: path '{value}' does not exist (a recipe's relative paths resolve "
+                              "against the recipe's folder, a --set value's against the current directory)")
     if prof.training.accelerate_config:
         acc = Path(prof.training.accelerate_config)
         if not (acc.exists() or (recipes_dir() / "accelerate" / acc).exists()):

@@ -293,13 +293,32 @@ def _read(path: str | os.PathLike, split: str | None, max_rows: int | None) -> t
     if builder:
         if split not in (None, "train"):
             raise ValueError(f"{path}: split={split!r} applies to hub datasets; a local file is read whole")
-        ds, label = datasets.load_dataset(builder, data_files=path, split="train"), path
+        try:
+            ds, label = datasets.load_dataset(builder, data_files=path, split="train"), path
+        except Exception as e:  # pyarrow's error names neither the file nor the line
+            if builder == "json":
+                _locate_json_error(path)  # raises naming the row, where the file is not valid JSON
+            raise DataValidationError(path, None, None, "unreadable", f"{type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
     else:
         split = split or _DEFAULT_SPLITS.get(path, "train")
         ds, label = datasets.load_dataset(path, split=split), f"{path} (split {split})"
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds, label
+
+
+def _locate_json_error(path: str) -> None:
+    """Raise a DataValidationError at the first row of a JSON or JSONL file that is not valid JSON, if any."""
+    if not path.endswith(".json"):
+        read_jsonl(path)
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataValidationError(path, None, None, "invalid_json",
+                                  f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
 
 
 def _finish(pairs: Iterable[_Pair], report: LoadReport, policy: dict[str, str],

@@ -66,10 +66,38 @@ def alpaca_eval_baseline() -> list[dict]:
     return [dict(r) for r in _baseline_rows()]
 
 
+def stratified(rows: list[dict], n: int | None, categories: list[str], seed: int = 0) -> list[dict]:
+    """``n`` of ``rows`` spread over their ``categories`` in proportion to each one's share (every category gets
+    at least one when ``n`` allows; largest remainders settle the rest), drawn with ``seed``, kept in their order.
+    The first ``n`` rows would not do: AlpacaEval's instructions come grouped by source, its first coding one at
+    index 211."""
+    import numpy as np
+
+    if n is None or n >= len(rows):
+        return list(rows)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(categories):
+        groups.setdefault(c, []).append(i)
+    names = sorted(groups, key=lambda c: (-len(groups[c]), c))
+    share = {c: n * len(groups[c]) / len(rows) for c in names}
+    take = {c: int(share[c]) for c in names}
+    for c in sorted(names, key=lambda c: -(share[c] - take[c]))[:n - sum(take.values())]:
+        take[c] += 1
+    if n >= len(names):  # every category at least once, each taken from the one furthest above its share
+        for c in [c for c in names if take[c] == 0]:
+            donor = max(names, key=lambda d: take[d] - share[d] if take[d] > 1 else -1e9)
+            take[donor] -= 1
+            take[c] = 1
+    rng = np.random.default_rng(seed)
+    chosen = sorted(i for c in names for i in rng.choice(groups[c], size=take[c], replace=False).tolist())
+    return [rows[i] for i in chosen]
+
+
 def model_outputs(backend, generator: str, rows: list[dict] | None = None, *, max_new_tokens: int = 2048,
                   num_prompts: int | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
     """Greedy outputs of ``backend`` (a simplemix.sampling Backend) on ``rows``' instructions (default: AlpacaEval's
-    805), in alpaca_eval's ``model_outputs.json`` format (instruction, output, generator, dataset)."""
+    805), in alpaca_eval's ``model_outputs.json`` format (instruction, output, generator, dataset). ``num_prompts``
+    takes the first N; :func:`stratified` draws a subset that keeps every category."""
     rows = list(rows if rows is not None else _baseline_rows())[:num_prompts]
     prompts = [[{"role": "user", "content": r["instruction"]}] for r in rows]
     samples = backend.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed,

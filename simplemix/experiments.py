@@ -90,7 +90,7 @@ def evaluation_key(world: World, policy: Policy) -> str:
 def evaluate_policy(world: World, policy: Policy, name: str, *, progress: bool = True) -> Entry:
     """Stage ``evaluation``: greedy outputs of ``policy`` on the world's evaluation prompts in alpaca_eval's
     ``model_outputs.json``, and the world judge's ``annotations.json`` against the world's baseline."""
-    from simplemix.evaluation import model_outputs, win_rate, write_model_outputs
+    from simplemix.evaluation import model_outputs, stratified, win_rate, write_model_outputs
     from simplemix.sampling import load_backend
 
     ev = world.profile.evaluation
@@ -98,9 +98,10 @@ def evaluate_policy(world: World, policy: Policy, name: str, *, progress: bool =
 
     def compute(out: Path) -> dict:
         baseline = world.baseline()
+        rows = stratified(baseline, ev.num_prompts, world.categories([r["instruction"] for r in baseline]))
         backend = load_backend(sampling, policy)
-        outputs = model_outputs(backend, name, baseline, max_new_tokens=ev.max_new_tokens,
-                                num_prompts=ev.num_prompts, seed=sampling.seed, progress=progress)
+        outputs = model_outputs(backend, name, rows, max_new_tokens=ev.max_new_tokens, seed=sampling.seed,
+                                progress=progress)
         del backend
         write_model_outputs(outputs, out / "model_outputs.json")
         judge = world.judge()

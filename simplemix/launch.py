@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from simplemix.config import Profile, recipes_dir
+from simplemix.config import ConfigError, Profile, recipes_dir
 
 
 def accelerate_files(prof: Profile, out_dir: str | Path) -> tuple[Path, Path | None]:
@@ -27,10 +27,13 @@ def accelerate_files(prof: Profile, out_dir: str | Path) -> tuple[Path, Path | N
         raise ValueError(f"profile '{prof.name}' sets no training.accelerate_config; it trains in one process")
     template = Path(t.accelerate_config)
     template = template if template.exists() else recipes_dir() / "accelerate" / template
-    out_dir = Path(out_dir)
+    multi = machines(t.num_machines, t.num_processes)
+    # every machine writes its own files: the run directory is shared, and the machine rank differs
+    out_dir = Path(out_dir) / (f"machine-{multi['machine_rank']}" if t.num_machines > 1 else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = yaml.safe_load(template.read_text())
     acc["num_processes"] = t.num_processes
+    acc.update(multi)
     ds_path = None
     if acc["distributed_type"] == "DEEPSPEED":
         ds = json.loads((template.parent / acc["deepspeed_config"]["deepspeed_config_file"]).read_text())
@@ -46,6 +49,29 @@ def accelerate_files(prof: Profile, out_dir: str | Path) -> tuple[Path, Path | N
     acc_path = out_dir / "accelerate.yaml"
     acc_path.write_text(yaml.safe_dump(acc, sort_keys=False))
     return acc_path, ds_path
+
+
+def machines(num_machines: int, num_processes: int, env: dict | None = None) -> dict:
+    """accelerate's multi-node keys: this machine's rank and the main process's address and port, from the
+    environment (accelerate's names first, then torchrun's and SLURM's), so one SLURM script serves every node."""
+    import os
+
+    env = os.environ if env is None else env
+    if num_machines == 1:
+        return {"num_machines": 1, "machine_rank": 0}
+    if num_processes % num_machines:
+        raise ConfigError(f"training.num_processes={num_processes} (over every machine) does not divide among "
+                          f"training.num_machines={num_machines}")
+    rank = env.get("MACHINE_RANK") or env.get("SLURM_NODEID") or env.get("NODE_RANK")
+    ip = env.get("MAIN_PROCESS_IP") or env.get("MASTER_ADDR")
+    if rank is None or ip is None:
+        raise ConfigError(f"training.num_machines={num_machines}: set MACHINE_RANK (or SLURM_NODEID) and "
+                          "MAIN_PROCESS_IP (or MASTER_ADDR) on every machine; see recipes/slurm/multinode.sbatch")
+    if not 0 <= int(rank) < num_machines:
+        raise ConfigError(f"machine rank {rank} is outside 0..{num_machines - 1}")
+    return {"num_machines": num_machines, "machine_rank": int(rank), "main_process_ip": ip,
+            "main_process_port": int(env.get("MAIN_PROCESS_PORT") or env.get("MASTER_PORT") or 29500),
+            "same_network": True, "rdzv_backend": "static"}
 
 
 def worker_command(accelerate_yaml: str | Path, train_args: list[str]) -> list[str]:

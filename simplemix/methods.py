@@ -38,7 +38,8 @@ def pair_budget(prof: Profile, n_on: int, n_off: int) -> int:
     total = prof.mixing.total_pairs or min(n_on, n_off)
     if not prof.mixing.with_replacement and total > min(n_on, n_off):
         raise ConfigError(f"mixing.total_pairs={total}, but pure on- and off-policy DPO need that many pairs of "
-                          f"each source: {n_on} on-policy and {n_off} off-policy pairs exist")
+                          f"each source: {n_on} on-policy and {n_off} off-policy pairs exist whose prompt is shorter than "
+                          f"training.max_length={prof.training.max_length}")
     return total
 
 
@@ -49,6 +50,7 @@ def sources(world: World, cell: Cell, progress: bool = True):
 
     on = load_pairs(on_policy_pairs(world, cell, progress=progress)["pairs"])
     off = world.off_policy_pairs(cell, progress)
+    on, off = trainable_only(world, cell, on), trainable_only(world, cell, off)
     flt = world.profile.mixing.off_policy_filter
     if flt.criterion != "none":
         model = tokenizer = None
@@ -59,6 +61,42 @@ def sources(world: World, cell: Cell, progress: bool = True):
         off = off_policy_filter(off, flt.criterion, flt.keep_fraction, model=model, tokenizer=tokenizer,
                                 progress=progress)[0]
     return on, off
+
+
+def trainable_only(world: World, cell: Cell, pairs):
+    """``pairs`` without those TRL would drop for a prompt that fills ``training.max_length`` (see
+    :func:`simplemix.training.trainable`), by the cell's SFT tokenizer."""
+    from simplemix.training import trainable
+
+    keep = trainable(pairs, _tokenizer(world.sft_policy(cell)), world.profile.training)
+    return pairs if all(keep) else pairs.select([i for i, k in enumerate(keep) if k])
+
+
+def too_long(world: World, cell: Cell, progress: bool = True) -> dict[str, dict[str, int]]:
+    """Per source, the pairs of the cell and those left out of every method for a prompt that fills
+    ``training.max_length``: what a chapter reports beside the pair budget."""
+    from simplemix.onpolicy import load_pairs, on_policy_pairs
+    from simplemix.training import trainable
+
+    tokenizer, cfg = _tokenizer(world.sft_policy(cell)), world.profile.training
+    pools = {"on": load_pairs(on_policy_pairs(world, cell, progress=progress)["pairs"]),
+             "off": world.off_policy_pairs(cell, progress)}
+    return {name: {"pairs": len(ds), "too_long": len(ds) - sum(trainable(ds, tokenizer, cfg))}
+            for name, ds in pools.items()}
+
+
+def _tokenizer(policy: Policy):
+    from transformers import AutoTokenizer
+
+    cfg = policy.model
+    key = (cfg.name_or_path, cfg.revision)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                         trust_remote_code=cfg.trust_remote_code)
+    return _TOKENIZERS[key]
+
+
+_TOKENIZERS: dict = {}
 
 
 def budget(world: World, cell: Cell, progress: bool = True) -> int:
@@ -151,7 +189,7 @@ def dpo_mix_p(world: World, cell: Cell, *, total_pairs: int | None = None, max_s
         want = total_pairs // rounds + (t < total_pairs % rounds)
         subset = prompts.subset(part)
         made = _round_pairs(world, cell, policy, subset, t, progress)
-        pairs = load_pairs(made)
+        pairs = trainable_only(world, cell, load_pairs(made))
         if len(pairs) < want:
             raise ValueError(f"DPO-Mix-P round {t} of cell {cell.id}: {len(pairs)} pairs from {len(subset)} prompts, "
                              f"{want} needed for a budget of {total_pairs} pairs over {rounds} rounds; lower "

@@ -15,7 +15,7 @@ import time
 import warnings
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
-from simplemix.config import RewardConfig
+from simplemix.config import ConfigError, RewardConfig
 from simplemix.store import canonical_json, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,13 @@ class HFRewardModel:
         kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
         if torch.cuda.is_available():
             kwargs["device_map"] = "auto"
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            m.name_or_path, dtype=resolve_dtype(m.torch_dtype), **common, **kwargs).eval()
+        self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+            m.name_or_path, dtype=resolve_dtype(m.torch_dtype), output_loading_info=True, **common, **kwargs)
+        self.model.eval()
+        head = [k for k in loading.get("missing_keys", ()) if k.split(".")[0] in ("score", "classifier", "v_head")]
+        if head:
+            raise ConfigError(f"reward.model.name_or_path {m.name_or_path!r} has no trained score head (missing "
+                              f"{', '.join(sorted(head))}): it is not a reward model ({', '.join(config.architectures or [])})")
         if self.model.config.pad_token_id is None:
             # Batches need a pad id; the model pools on the rightmost non-pad token and we pad on the right.
             pad = self.tokenizer.pad_token_id

@@ -61,9 +61,10 @@ def _failed_cell(executed: Path) -> str:
     return "no error cell (killed or timed out? see the log)"
 
 
-def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | Path = "runs", *, jobs: int = 1,
+def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | Path | None = None, *, jobs: int = 1,
                   gpus: list[str] | None = None, force: bool = False, source: Path | None = None) -> int:
-    """Execute each notebook with papermill, ``profile`` and ``run_dir`` injected, into ``runs/<profile>/``.
+    """Execute each notebook with papermill, ``profile`` and ``run_dir`` injected, into the profile's run directory
+    (:func:`simplemix.config.default_run_dir`: ``<runs_dir>/<profile name>``, the same rule as every command's).
 
     Each notebook runs in its own process with its log in ``logs/<name>.log``; ``jobs`` run at once, each pinned
     to one of ``gpus`` (``CUDA_VISIBLE_DEVICES``) when given. Stages shared between notebooks are computed once
@@ -77,7 +78,9 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
 
     from tqdm import tqdm
 
-    run_dir = (Path(runs_dir) / Path(profile).stem).resolve()
+    from simplemix.config import default_run_dir
+
+    run_dir = default_run_dir(profile, runs_dir)
     out_dir, log_dir = run_dir / "notebooks", run_dir / "logs"
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -278,8 +281,14 @@ def build_book(run_dir: str | Path = "runs/smoke") -> int:
     jupyter_book = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()"]
     cmd = [*jupyter_book, "build", str(stage), "--path-output", str(run_dir), "-W", "-n", "--keep-going"]
     rc = subprocess.call(cmd)
+    index = (run_dir / "_build" / "html" / "index.html").resolve()
     if rc == 0:
-        print(f"book: {(run_dir / '_build' / 'html' / 'index.html').resolve()}")
+        print(f"book: {index}")
+    else:
+        failed = [p.name for p in notebooks() if _failed_cell(executed / p.name).startswith("cell ")]
+        where = f"the HTML is in {index}" if index.exists() else "no HTML was written"
+        print(f"simplemix book: jupyter-book exited {rc} (warnings are errors); {where}"
+              + (f"; chapters with an error cell: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return rc
 
 

@@ -84,7 +84,8 @@ NON_TRL_FIELDS: dict[str, str] = {
     "hypo": "HyPOTrainer: the online KL term of method 'hypo'",
     "dpo_mix_p": "simplemix.methods: the rounds and fused weights of DPO-Mix-P",
     "accelerate_config": "simplemix.launch: the accelerate (DDP or DeepSpeed) config of a multi-GPU launch",
-    "num_processes": "simplemix.launch: the number of processes of a multi-GPU launch",
+    "num_processes": "simplemix.launch: the number of processes of a multi-GPU launch, over every machine",
+    "num_machines": "simplemix.launch: the machines of a multi-node launch",
     "checkpoint_min_interval_s": "train: the least time between two checkpoints (never part of a stage key)",
     "dpo_args": "dpo_config: further DPOConfig fields by their TRL names, passed through after check_dpo_args",
 }
@@ -386,6 +387,33 @@ def trl_pairs(pairs):
         "pair_id": [rows["pair_id"][i] for i in order],
         SOURCE_COLUMN: [flags[i] for i in order],
     }, features=TRL_FEATURES)
+
+
+def trainable(pairs, tokenizer, cfg: TrainingConfig) -> list[bool]:
+    """Per pair, whether TRL's DPOTrainer trains on it. With ``truncation_mode`` keep_start (its default) it drops a
+    pair whose prompt fills ``max_length``, the prompt being the tokens the chat-templated prompt shares with prompt +
+    chosen and prompt + rejected. Applied before the pair budget, so every method trains on the whole budget."""
+    if cfg.max_length is None or cfg.dpo_args.get("truncation_mode", "keep_start") != "keep_start":
+        return [True] * len(pairs)
+    key = (pairs._fingerprint, tokenizer.name_or_path, len(tokenizer), cfg.max_length)
+    if key not in _TRAINABLE:
+        def ids(messages, **kwargs) -> list[int]:
+            return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **kwargs)
+
+        def common(a: list[int], b: list[int]) -> int:
+            return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+        keep = []
+        for prompt, chosen, rejected in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
+            prompt_ids = ids(prompt, add_generation_prompt=True)
+            length = min(common(prompt_ids, ids(prompt + [{"role": "assistant", "content": chosen}])),
+                         common(prompt_ids, ids(prompt + [{"role": "assistant", "content": rejected}])))
+            keep.append(length < cfg.max_length)
+        _TRAINABLE[key] = keep
+    return _TRAINABLE[key]
+
+
+_TRAINABLE: dict[tuple, list[bool]] = {}
 
 
 def pairs_fingerprint(pairs) -> str:

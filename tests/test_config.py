@@ -125,7 +125,9 @@ def test_local_model_path_that_does_not_exist(tmp_path, smoke_data):
     path = write_recipe(tmp_path, smoke_data)
     with pytest.raises(C.ConfigError) as e:
         C.load_profile(path)
-    assert str(e.value) == f"{path}: reward.model.name_or_path: path './no/such/rm' does not exist"
+    assert str(e.value) == (f"{path}: reward.model.name_or_path: path '{tmp_path / 'no' / 'such' / 'rm'}' does not "
+                            "exist (a recipe's relative paths resolve against the recipe's folder, a --set value's "
+                            "against the current directory)")
 
 
 def test_literal_and_list_errors(tmp_path, smoke_data):
@@ -207,3 +209,47 @@ def test_replicate_seeds_default_to_one_and_are_checked():
         with pytest.raises(C.ConfigError) as e:
             C.load_profile("smoke", overrides=[f"seeds={value}"])
         assert str(e.value).endswith(message), str(e.value)
+
+
+def test_an_override_reaches_one_item_of_a_list():
+    prof = C.load_profile("smoke", ["datasets.0.max_rows=5", "policies.1.label=weaker"])
+    assert prof.datasets[0].max_rows == 5 and prof.datasets[1].max_rows is None
+    assert prof.policies[1].label == "weaker" and prof.policies[0].label == "mini-instruct"
+    with pytest.raises(C.ConfigError, match=r"override 'datasets.7': datasets is a list of 2 item\(s\); give an index "
+                                            r"from 0 to 1"):
+        C.load_profile("smoke", ["datasets.7.max_rows=5"])
+
+
+def test_one_rule_for_run_directories_and_recipe_relative_paths(tmp_path, monkeypatch):
+    """A recipe's relative paths resolve against its folder (whatever the current directory, notebooks run in
+    notebooks/); every command and chapter puts a profile's run in <runs root>/<its name>."""
+    recipe_dir = tmp_path / "project" / "recipes"
+    (recipe_dir / "data").mkdir(parents=True)
+    (recipe_dir / "data" / "pairs.jsonl").write_text("{}\n")
+    recipe = yaml.safe_load((C.recipes_dir() / "smoke.yaml").read_text())
+    recipe["name"] = "mine"
+    recipe["datasets"][1] = {"label": "local", "format": "local", "path": "data/pairs.jsonl"}
+    (recipe_dir / "my-recipe.yaml").write_text(yaml.safe_dump(recipe))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    prof = C.load_profile(recipe_dir / "my-recipe.yaml")
+    assert prof.datasets[1].path == str(recipe_dir / "data" / "pairs.jsonl")
+    assert prof.datasets[0].path == "miniature:ultrafeedback"  # a world name is no path
+    (elsewhere / "other.jsonl").write_text("{}\n")  # a --set path is the command line's: relative to the cwd
+    assert C.load_profile(recipe_dir / "my-recipe.yaml", ["datasets.1.path=other.jsonl"]).datasets[1].path == str(
+        elsewhere / "other.jsonl")
+    with pytest.raises(C.ConfigError, match=r"datasets\[1\].path: path '.*/elsewhere/missing.jsonl' does not exist "
+                                            r"\(a recipe's relative paths resolve against the recipe's folder"):
+        C.load_profile(recipe_dir / "my-recipe.yaml", ["datasets.1.path=missing.jsonl"])
+    recipe["datasets"][1]["path"] = "data/absent.parquet"  # ends like a data file: a path, checked
+    (recipe_dir / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(C.ConfigError, match="recipes/data/absent.parquet' does not exist"):
+        C.load_profile(recipe_dir / "bad.yaml")
+
+    assert C.default_run_dir(recipe_dir / "my-recipe.yaml") == C.runs_root() / "mine"  # its name, not its file
+    assert C.default_run_dir("smoke", tmp_path / "r") == tmp_path / "r" / "smoke"
+    monkeypatch.setenv("SIMPLEMIX_RUNS", str(tmp_path / "all-runs"))
+    assert C.default_run_dir(recipe_dir / "my-recipe.yaml") == tmp_path / "all-runs" / "mine"
+    monkeypatch.delenv("SIMPLEMIX_RUNS")
+    assert C.runs_root() == Path(C.__file__).resolve().parent.parent / "runs"  # a checkout keeps its runs

@@ -240,6 +240,15 @@ def test_a_line_that_is_not_json_names_file_and_row(tmp_path):
         data.read_jsonl(path)
 
 
+def test_a_broken_line_in_a_pair_file_is_one_error_naming_file_and_row(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})
+    path.write_text(f"{good}\n{good}\n{good[:-5]}\n{good}\n", encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        data.load_preferences("local", path)
+    assert (info.value.file, info.value.row, info.value.reason) == (str(path), 2, "invalid_json")
+
+
 def test_missing_column_is_a_file_level_error(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{k: r[k] for k in ("prompt", "chosen")} for r in GOOD])
     message = (f"{path}: field 'rejected': missing column (format detected: local/standard; "

@@ -264,3 +264,28 @@ def test_official_judge_hands_baseline_and_model_outputs_to_alpaca_eval(monkeypa
                            [{"instruction": "a", "output": "base-a"}, {"instruction": "b", "output": "base-b"}])
     assert calls == {"config": "weighted_alpaca_eval_gpt4_turbo", "pairs": [("base-b", "mine")]}
     assert ev.win_rate(table).win_rate == pytest.approx(75.0) and judge.comparable_with_leaderboard
+
+
+def test_a_prompt_subset_keeps_every_category_in_proportion():
+    from collections import Counter
+
+    from simplemix.categories import PAPER_CATEGORIES, categories_of
+    from simplemix.evaluation import alpaca_eval_baseline, stratified
+
+    rows = alpaca_eval_baseline()
+    cats = categories_of([r["instruction"] for r in rows])
+    first = Counter(categories_of([r["instruction"] for r in rows[:40]]))
+    subset = stratified(rows, 40, cats, seed=0)
+    got = Counter(categories_of([r["instruction"] for r in subset]))
+    assert len(subset) == 40 and len({r["instruction"] for r in subset}) == 40
+    assert set(got) == set(cats)  # every category, however small
+    shown = set(PAPER_CATEGORIES.values())
+    assert shown <= set(got) and not shown <= set(first)  # the first 40 rows miss some of the paper's four
+    whole = Counter(cats)
+    floor = sum(40 * k / len(rows) < 0.5 for k in whole.values())  # categories that get one only by the floor
+    for c, k in got.items():  # in proportion, to within rounding and the slots the floor moved
+        assert abs(k - 40 * whole[c] / len(rows)) <= 1 + floor / 2, (c, k, whole[c], floor)
+    order = {r["instruction"]: i for i, r in enumerate(rows)}
+    assert [order[r["instruction"]] for r in subset] == sorted(order[r["instruction"]] for r in subset)
+    assert stratified(rows, 40, cats, seed=0) == subset and stratified(rows, 40, cats, seed=1) != subset
+    assert stratified(rows, None, cats) == rows and stratified(rows, 10_000, cats) == rows

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from simplemix.config import load_profile
+from simplemix import launch
+from simplemix.config import ConfigError, load_profile
 from simplemix.launch import accelerate_files
 
 
@@ -98,14 +99,25 @@ def _launch_args(run_dir, *extra):
     return ["train", "--method", "simplemix", "--run", str(run_dir)] + [f"--set={s}" for s in sets]
 
 
+def _assert_trained_alike(launched: Path, single: Path) -> None:
+    """A launched run of two processes took the steps, losses and weights of the one-process run."""
+    from safetensors.torch import load_file
+
+    infos = [json.loads((p / "manifest.json").read_text())["info"] for p in (launched, single)]
+    assert [i["num_processes"] for i in infos] == [2, 1] and [i["global_step"] for i in infos] == [3, 3]
+    losses = [[r["loss"] for r in json.loads((p / "log_history.json").read_text()) if "loss" in r]
+              for p in (launched, single)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    weights = [load_file(p / "model.safetensors") for p in (launched, single)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[1]) < 1e-5
+
+
 def test_two_process_ddp_launch_trains_what_one_process_trains(tiny_run, tmp_path, monkeypatch):
     """The DDP recipe launched for real: two CPU processes (gloo) with micro-batch 2 take the same steps as one
     process with batch 4, and the launcher gets the workers' result from the store."""
     import shutil
     import subprocess
     import sys
-
-    from safetensors.torch import load_file
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
@@ -119,10 +131,61 @@ def test_two_process_ddp_launch_trains_what_one_process_trains(tiny_run, tmp_pat
     assert one.returncode == 0, one.stderr[-3000:]
     assert "trained by the launched workers" in ddp.stdout and "computed" in one.stdout
     paths = [Path(p.stdout.split()[-1]) for p in (ddp, one)]
-    infos = [json.loads((p / "manifest.json").read_text())["info"] for p in paths]
-    assert [i["num_processes"] for i in infos] == [2, 1] and [i["global_step"] for i in infos] == [3, 3]
-    losses = [[r["loss"] for r in json.loads((p / "log_history.json").read_text()) if "loss" in r] for p in paths]
-    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
-    weights = [load_file(p / "model.safetensors") for p in paths]
-    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[1]) < 1e-5
+    _assert_trained_alike(*paths)
     assert not list((tiny_run / "checkpoints").glob("*/*"))
+
+
+def test_a_multi_node_config_takes_rank_and_address_from_the_environment(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    prof = load_profile("single-gpu", ["training.accelerate_config=ddp.yaml", "training.num_processes=16",
+                                       "training.num_machines=2"])
+    for key in ("MACHINE_RANK", "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    with pytest.raises(ConfigError, match="set MACHINE_RANK \\(or SLURM_NODEID\\) and MAIN_PROCESS_IP"):
+        launch.accelerate_files(prof, tmp_path)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.7")
+    monkeypatch.setenv("MASTER_PORT", "29611")
+    acc_path, _ = launch.accelerate_files(prof, tmp_path)
+    assert acc_path == tmp_path / "machine-1" / "accelerate.yaml"
+    acc = load_config_from_file(str(acc_path))
+    assert (acc.num_machines, acc.machine_rank, acc.main_process_ip, acc.main_process_port, acc.num_processes) == (
+        2, 1, "10.0.0.7", 29611, 16)
+    with pytest.raises(ConfigError, match="does not divide"):
+        launch.accelerate_files(load_profile("single-gpu", ["training.accelerate_config=ddp.yaml",
+                                                            "training.num_processes=3", "training.num_machines=2"]),
+                                tmp_path)
+    assert (launch.recipes_dir() / "slurm" / "multinode.sbatch").read_text().count("SLURM_NODEID") >= 1
+
+
+def test_two_machines_of_one_process_train_what_one_process_trains(tiny_run, tmp_path, monkeypatch):
+    """A multi-node launch on localhost: two `simplemix train` commands, machine ranks 0 and 1, one process each,
+    meeting at 127.0.0.1 (gloo, CPU), against one process with the same global batch."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    single = shutil.copytree(tiny_run, tmp_path / "single")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = _launch_args(tiny_run, "training.per_device_train_batch_size=2", "training.accelerate_config=ddp.yaml",
+                        "training.num_processes=2", "training.num_machines=2")
+    nodes = [subprocess.Popen([sys.executable, "-m", "simplemix.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"MACHINE_RANK": str(rank), "MAIN_PROCESS_IP": "127.0.0.1",
+                                                "MAIN_PROCESS_PORT": str(port)}) for rank in (0, 1)]
+    outs = [node.communicate(timeout=900) for node in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [err[-3000:] for _, err in outs]
+    one = subprocess.run([sys.executable, "-m", "simplemix.cli", *_launch_args(
+        single, "training.per_device_train_batch_size=4")], capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    paths = {Path(out.split()[-1]) for out, _ in outs}
+    assert len(paths) == 1  # both machines report the one stored result
+    paths = [paths.pop(), Path(one.stdout.split()[-1])]
+    _assert_trained_alike(*paths)

@@ -44,6 +44,34 @@ def test_every_method_trains_on_the_same_budget_from_its_own_sources(run_dir):
         methods.method_pairs(world, cell, "dpo_mix_p", progress=False)
 
 
+def test_pairs_whose_prompt_fills_max_length_are_left_out_before_the_budget(run_dir):
+    """TRL drops a pair whose prompt fills training.max_length; left to it, on- and off-policy DPO trained on
+    different numbers of pairs. Left out before the budget, every method trains on all of it."""
+    from simplemix.onpolicy import load_pairs, on_policy_pairs
+
+    first = tiny_world(run_dir, SMALL)
+    cell = first.cell()
+    tokenizer = methods._tokenizer(first.sft_policy(cell))
+    prompts = list(load_pairs(on_policy_pairs(first, cell, progress=False)["pairs"])["prompt"])
+    prompts += list(first.off_policy_pairs(cell, progress=False)["prompt"])
+    lengths = sorted(len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False)) for p in prompts)
+    limit = lengths[len(lengths) // 2] + 1  # about half the prompts fill it
+    world = tiny_world(run_dir, SMALL[:2] + ["mixing.total_pairs=8", "training.per_device_train_batch_size=4",
+                                             f"training.max_length={limit}", "training.logging_steps=1"])
+    report = methods.too_long(world, cell, progress=False)
+    assert all(0 < r["too_long"] < r["pairs"] for r in report.values()), report  # the limit cuts into both pools
+    assert methods.budget(world, cell, progress=False) == 8
+    rows = {}
+    for method in ("off", "on"):
+        (entry,) = methods.train_method(world, cell, method, progress=False)
+        rows[method] = entry.manifest["info"]["rows"]  # what TRL's trainer kept, counted from its train_dataset
+    assert rows == {"off": 8, "on": 8}
+    big = tiny_world(run_dir, SMALL[:2] + [f"training.max_length={limit}", "mixing.total_pairs=100000"])
+    with pytest.raises(ConfigError, match=rf"shorter than training.max_length={limit}"):
+        methods.budget(big, big.cell(), progress=False)
+
+
 def test_each_cell_draws_on_its_own_policy_and_dataset(run_dir):
     world = tiny_world(run_dir, SMALL[:2] + ["mixing.total_pairs=4"])
     cell = world.cell("mini-sft__mini-helpsteer2")

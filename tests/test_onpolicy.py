@@ -20,7 +20,8 @@ from simplemix.reward import build_pairs
 from simplemix.store import RunStore, stable_hash
 from conftest import TINY, tiny_world
 
-OVERRIDES = ["sampling.num_samples=3", "sampling.max_new_tokens=12", "sampling.temperature=1.0"]
+OVERRIDES = ["sampling.num_samples=3", "sampling.max_new_tokens=12", "sampling.temperature=1.0",
+             "mixing.total_pairs=8"]  # the tiny world has 32 training prompts; preflight checks the budget fits
 TESTS = Path(__file__).resolve().parent
 
 

@@ -152,3 +152,41 @@ def test_a_parallel_batch_starts_chapter_00_then_the_longest(tmp_path):
     assert runner.run_notebooks("smoke", runs_dir=tmp_path / "runs", source=src, jobs=2) == 0
     recorded = json.loads((tmp_path / "runs" / "smoke" / "notebooks" / ".durations.json").read_text())
     assert set(recorded) == {"00_world.ipynb", "01_short.ipynb", "02_long.ipynb", "03_plain.ipynb"}
+
+
+def test_a_failed_book_build_says_where_the_html_is_and_which_chapters_failed(tmp_path, monkeypatch, capsys):
+    executed = tmp_path / "run" / "notebooks"
+    executed.mkdir(parents=True)
+    names = [p.name for p in runner.notebooks()]
+    for name in names:
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("x")
+        if name == names[2]:
+            cell.outputs = [nbformat.v4.new_output("error", ename="KeyError", evalue="'group'", traceback=[])]
+        nb.cells = [cell]
+        nbformat.write(nb, executed / name)
+
+    def fake_build(cmd):  # jupyter-book writes the pages it could, then exits 1 for the warnings
+        html = tmp_path / "run" / "_build" / "html"
+        html.mkdir(parents=True)
+        (html / "index.html").write_text("<html></html>")
+        return 1
+
+    monkeypatch.setattr(runner.subprocess, "call", fake_build)
+    assert runner.build_book(tmp_path / "run") == 1
+    err = capsys.readouterr().err
+    assert f"the HTML is in {(tmp_path / 'run' / '_build' / 'html' / 'index.html').resolve()}" in err
+    assert f"chapters with an error cell: {names[2]}" in err
+
+
+def test_a_data_error_is_one_line_naming_file_row_and_field(monkeypatch, capsys):
+    from simplemix import cli
+    from simplemix.data import DataValidationError
+
+    def bad(args):
+        raise DataValidationError("pairs.jsonl", 3, "chosen", "empty_response", "is empty")
+
+    monkeypatch.setattr(cli, "_config_show", bad)
+    assert cli.main(["config", "show"]) == 2
+    err = capsys.readouterr().err
+    assert err == "simplemix: data error: pairs.jsonl: row 3: field 'chosen': is empty (reason: empty_response)\n"
