@@ -98,7 +98,8 @@ def evaluate_policy(world: World, policy: Policy, name: str, *, progress: bool =
 
     def compute(out: Path) -> dict:
         baseline = world.baseline()
-        rows = stratified(baseline, ev.num_prompts, world.categories([r["instruction"] for r in baseline]))
+        rows = baseline if ev.num_prompts is None else stratified(
+            baseline, ev.num_prompts, world.categories([r["instruction"] for r in baseline]))
         backend = load_backend(sampling, policy)
         outputs = model_outputs(backend, name, rows, max_new_tokens=ev.max_new_tokens, seed=sampling.seed,
                                 progress=progress)

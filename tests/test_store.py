@@ -196,8 +196,11 @@ def test_a_stage_computes_with_the_earlier_heap_frozen_and_still_collects_its_ow
     assert seen["outer"] > 0 and seen["inner"] > 0 and seen["after inner"] > 0  # nesting keeps the outer freeze
     assert seen["own cycle freed"]
     assert gc.get_freeze_count() == 0  # unfrozen after the stage
+    def failing(out):
+        raise ValueError("x")
+
     with pytest.raises(ValueError):
-        store.run("failing", lambda out: (_ for _ in ()).throw(ValueError("x")), config={}, code_version="1")
+        store.run("failing", failing, config={}, code_version="1")
     assert gc.get_freeze_count() == 0  # and after a failing one
 
 
