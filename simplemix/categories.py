@@ -32,8 +32,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CATEGORY_DIR = REPO_ROOT / "data" / "categories"
+from simplemix import resources
+
+CATEGORY_DIR = resources.path("data", "categories")
 CATEGORIES_JSON = CATEGORY_DIR / "wildchat_16_categories.json"
 LABELS_CSV = CATEGORY_DIR / "alpaca_eval_categories.csv"
 HAND_LABELS = CATEGORY_DIR / "hand_labels.jsonl"

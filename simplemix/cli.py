@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from simplemix import resources
+
 
 def _config_show(args: argparse.Namespace) -> int:
     from simplemix import config
@@ -189,12 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     from simplemix.store import StageOutputError
 
     try:
+        if args.command != "status":  # every other command reads recipes, data or notebooks
+            resources.require()
         return args.func(args)
     except ConfigError as e:
         print(f"simplemix: config error: {e}", file=sys.stderr)
         return 2
     except (DataValidationError, StageOutputError) as e:  # the message names the file, row and field
         print(f"simplemix: data error: {e}", file=sys.stderr)
+        return 2
+    except resources.MissingProjectFiles as e:
+        print(f"simplemix: {e}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from simplemix import resources
+
 # Paper, Appendix H (Figure 9): the request appended to the conversation to elicit responses 2..N.
 PAPER_DIVERSITY_PROMPT = (
     "Please generate another response that is different from all the previous ones. It can differ in "
@@ -378,7 +380,7 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
 def recipes_dir() -> Path:
     """Where named profiles live: $SIMPLEMIX_RECIPES, else the checkout's ``recipes/``."""
     env = os.environ.get("SIMPLEMIX_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    return Path(env) if env else resources.path("recipes")
 
 
 def runs_root() -> Path:
@@ -386,8 +388,7 @@ def runs_root() -> Path:
     install), else ``./runs`` (an installed package has no checkout)."""
     if base := os.environ.get("SIMPLEMIX_RUNS"):
         return Path(base).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
-    return checkout / "runs" if (checkout / "pyproject.toml").is_file() else Path.cwd().resolve() / "runs"
+    return resources.CHECKOUT / "runs" if resources.is_checkout() else Path.cwd().resolve() / "runs"
 
 
 def profile_name(profile: str | os.PathLike) -> str:

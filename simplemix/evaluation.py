@@ -27,7 +27,9 @@ from typing import Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "alpaca_eval"
+from simplemix import resources
+
+DATA_DIR = resources.path("data", "alpaca_eval")
 BASELINE = "gpt4_1106_preview"
 DERIVED_DIFFICULTY = DATA_DIR / "instruction_difficulty_derived.csv"
 LC_CS = np.logspace(-4, 4, 10)  # the C grid of sklearn's LogisticRegressionCV default, as alpaca_eval uses

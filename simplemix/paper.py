@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simplemix import resources
+
 if TYPE_CHECKING:
     import pandas as pd
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "data" / "paper"
+PAPER_DIR = resources.path("data", "paper")
 
 
 def tables() -> list[str]:

@@ -16,7 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from simplemix import resources
+
+REPO = resources.root()  # a checkout, or the tree a wheel bundles
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 
 
@@ -37,7 +39,7 @@ def _fingerprint(nb: Path, profile: str, run_dir: Path) -> str:
 
     digest = hashlib.sha256()
     recipe = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else recipes_dir() / f"{profile}.yaml"
-    for path in [nb, recipe, *sorted((REPO / "simplemix").rglob("*.py"))]:
+    for path in [nb, recipe, *sorted(Path(__file__).parent.rglob("*.py"))]:
         digest.update(path.read_bytes() if path.exists() else b"")
     digest.update(f"{profile}\0{run_dir}".encode())
     return digest.hexdigest()[:16]

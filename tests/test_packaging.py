@@ -113,3 +113,42 @@ def test_console_script_is_installed():
     assert r.returncode == 0 and "config" in r.stdout and "status" in r.stdout
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"simplemix": "simplemix.cli:main"}
+
+
+def test_a_wheel_installed_elsewhere_finds_its_recipes_and_data(tmp_path):
+    """A non-editable install (the wheel, not the checkout) runs `config show` and reads the leaderboard from another
+    directory, and without its bundled files says in one line what it needs (exit 2), never `0 of 0 notebooks`."""
+    import ast
+
+    setup_tree = next(ast.literal_eval(n.value) for n in ast.parse((ROOT / "setup.py").read_text()).body
+                      if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TREE")
+    from simplemix import resources
+    assert setup_tree == resources.TREE, "setup.py bundles other files than simplemix.resources looks for"
+
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(wheels)], check=True,
+                   cwd=tmp_path)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), *map(str, wheels.glob("*.whl"))],
+                   check=True)
+    probe = ("import sys, simplemix; from simplemix import evaluation; from simplemix.cli import main\n"
+             f"assert simplemix.__file__.startswith({str(target)!r}), simplemix.__file__\n"
+             "print(len(evaluation.leaderboard()))\n"
+             "sys.exit(main(sys.argv[1:]))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(target)}
+    env.pop("SIMPLEMIX_RECIPES", None)
+    run = lambda *argv: subprocess.run([sys.executable, "-c", probe, *argv], cwd=elsewhere, env=env,
+                                       capture_output=True, text=True)
+    shown = run("config", "show", "--profile", "smoke")
+    assert shown.returncode == 0, shown.stderr
+    rows, _, rest = shown.stdout.partition("\n")
+    assert int(rows) > 100 and "name: smoke" in rest
+    assert list(elsewhere.iterdir()) == [], "config show wrote into the working directory"
+
+    import shutil
+    shutil.rmtree(target / "simplemix" / "_tree" / "notebooks")
+    probe = probe.replace("print(len(evaluation.leaderboard()))\n", "")
+    broken = run("run", "--profile", "smoke")
+    assert broken.returncode == 2, (broken.returncode, broken.stdout, broken.stderr)
+    assert broken.stderr.count("\n") == 1 and "needs its data, recipes and notebooks" in broken.stderr, broken.stderr

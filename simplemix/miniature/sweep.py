@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+from simplemix import resources
 from simplemix.miniature.oracle import judge
 from simplemix.miniature.tasks import CATEGORIES
 
@@ -34,7 +35,7 @@ SETTINGS = ("learning_rate", "beta", "num_train_epochs", "total_pairs", "num_sam
 def FEASIBLE(setting: dict) -> bool:
     """Settings the smoke book's time budget allows: one epoch and at most four samples per prompt."""
     return setting["num_train_epochs"] <= 1 and setting["num_samples"] <= 4
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "recipes" / "smoke-dev-sweep.csv"
+DEFAULT_OUT = resources.path("recipes", "smoke-dev-sweep.csv")
 
 
 def with_settings(prof, **s):
