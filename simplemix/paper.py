@@ -8,7 +8,6 @@ Owns the transcribed paper tables; imports nothing else of simplemix.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simplemix import resources

@@ -119,6 +119,7 @@ def test_a_wheel_installed_elsewhere_finds_its_recipes_and_data(tmp_path):
     """A non-editable install (the wheel, not the checkout) runs `config show` and reads the leaderboard from another
     directory, and without its bundled files says in one line what it needs (exit 2), never `0 of 0 notebooks`."""
     import ast
+    import os
 
     setup_tree = next(ast.literal_eval(n.value) for n in ast.parse((ROOT / "setup.py").read_text()).body
                       if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TREE")
@@ -136,7 +137,7 @@ def test_a_wheel_installed_elsewhere_finds_its_recipes_and_data(tmp_path):
              f"assert simplemix.__file__.startswith({str(target)!r}), simplemix.__file__\n"
              "print(len(evaluation.leaderboard()))\n"
              "sys.exit(main(sys.argv[1:]))")
-    env = {**__import__("os").environ, "PYTHONPATH": str(target)}
+    env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("SIMPLEMIX_RECIPES", None)
     run = lambda *argv: subprocess.run([sys.executable, "-c", probe, *argv], cwd=elsewhere, env=env,
                                        capture_output=True, text=True)
