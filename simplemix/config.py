@@ -549,7 +549,8 @@ def _check_paths(prof: Profile, source: str) -> None:
     for key, value in checks:
         if _local(value, Path("/")) and not Path(value).expanduser().exists():
             raise ConfigError(f"{source}: {key}: path '{value}' does not exist (a recipe's relative paths resolve "
-                              "against the recipe's folder, a --set value's against the current directory)")
+                              "against the recipe's folder, a --set value's against the current directory; the "
+                              "tiny-hub profile's artifacts are built by `python -m simplemix.tinyhub`)")
     if prof.training.accelerate_config:
         acc = Path(prof.training.accelerate_config)
         if not (acc.exists() or (recipes_dir() / "accelerate" / acc).exists()):

@@ -117,7 +117,15 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
 
     failures, skipped = [], []
     pending = []
+    world = _profile_world(profile)
+    elsewhere = [nb for nb in todo if not applies(nb, world)]
+    for nb in elsewhere:
+        write_not_run(nb, out_dir / nb.name, profile, world)
+    if elsewhere:
+        print(f"not part of world {world!r}, not run: {', '.join(nb.name for nb in elsewhere)}", flush=True)
     for nb in todo:
+        if nb in elsewhere:
+            continue
         fingerprint = _fingerprint(nb, profile, run_dir)
         if not force and done.get(nb.name) == fingerprint and (out_dir / nb.name).exists():
             skipped.append(nb.name)
@@ -141,10 +149,47 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
         print(f"stopped by {name}: {len(done)} notebooks completed are kept; run the same command to resume",
               file=sys.stderr)
         return 128 + batch.stopped
-    print(f"{len(todo) - len(failures)} of {len(todo)} notebooks up to date in {out_dir}")
+    ran = len(todo) - len(elsewhere)
+    print(f"{ran - len(failures)} of {ran} notebooks up to date in {out_dir}")
     for line in failures:
         print(f"FAILED {line}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _meta(nb: Path) -> dict:
+    import json
+
+    return json.loads(nb.read_text(encoding="utf-8")).get("metadata", {}).get("simplemix", {})
+
+
+def _profile_world(profile: str) -> str:
+    from simplemix.config import load_profile
+
+    return load_profile(profile).world
+
+
+def applies(nb: Path, world: str) -> bool:
+    """Whether a chapter runs in a profile of ``world``: one whose metadata lists ``simplemix.worlds`` (chapter 00
+    describes the miniature world and builds it) runs only in those, every other chapter everywhere."""
+    worlds = _meta(nb).get("worlds")
+    return worlds is None or world in worlds
+
+
+def write_not_run(nb: Path, out: Path, profile: str, world: str) -> None:
+    """In place of an executed chapter that is not part of the profile's world: the chapter's title and a line that
+    says so, for the book (its page then says why it is empty) and the reproducibility table."""
+    import json
+
+    source = json.loads(nb.read_text(encoding="utf-8"))
+    first = next((c for c in source["cells"] if c["cell_type"] == "markdown"), None)
+    title = "".join(first["source"]).splitlines()[0] if first else f"# {nb.stem}"
+    worlds = " or ".join(f"`{w}`" for w in _meta(nb)["worlds"])
+    text = (f"{title}\n\nThis chapter belongs to profiles of world {worlds}. Profile `{profile}` takes its models and "
+            f"data from world `{world}`, so the chapter was not run here; the `smoke` profile's book shows it.")
+    stand_in = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": text, "id": "not-run"}],
+                "metadata": {**source.get("metadata", {}), "simplemix": {**_meta(nb), "not_run": world}},
+                "nbformat": source.get("nbformat", 4), "nbformat_minor": source.get("nbformat_minor", 5)}
+    out.write_text(json.dumps(stand_in, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def longest_first(wave: list, durations_file: Path) -> list:
@@ -157,10 +202,7 @@ def longest_first(wave: list, durations_file: Path) -> list:
 
     def cost(item) -> float:
         nb = item[0]
-        if nb.name in known:
-            return known[nb.name]
-        meta = json.loads(nb.read_text(encoding="utf-8")).get("metadata", {}).get("simplemix", {})
-        return float(meta.get("relative_cost", 1.0))
+        return known[nb.name] if nb.name in known else float(_meta(nb).get("relative_cost", 1.0))
 
     first = [p for p in wave if p[0].name.startswith("00")]
     return first + sorted((p for p in wave if p not in first), key=cost, reverse=True)

@@ -25,7 +25,10 @@ def smoke_data():
 
 
 def test_every_shipped_profile_loads():
-    assert set(C.profile_names()) == {"smoke", "single-gpu", "paper"}
+    from simplemix import tinyhub
+
+    assert set(C.profile_names()) == {"smoke", "single-gpu", "paper", "tiny-hub"}
+    tinyhub.build()  # the local artifacts tiny-hub's recipe points at (kept when built by the same code)
     for name in C.profile_names():
         prof = C.load_profile(name)
         assert prof.name == name
@@ -127,7 +130,8 @@ def test_local_model_path_that_does_not_exist(tmp_path, smoke_data):
         C.load_profile(path)
     assert str(e.value) == (f"{path}: reward.model.name_or_path: path '{tmp_path / 'no' / 'such' / 'rm'}' does not "
                             "exist (a recipe's relative paths resolve against the recipe's folder, a --set value's "
-                            "against the current directory)")
+                            "against the current directory; the tiny-hub profile's artifacts are built by `python -m "
+                            "simplemix.tinyhub`)")
 
 
 def test_literal_and_list_errors(tmp_path, smoke_data):
