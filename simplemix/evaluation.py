@@ -21,6 +21,7 @@ import gzip
 import json
 import math
 import os
+import weakref
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -159,9 +160,27 @@ class ScoreJudge:
     def annotate(self, outputs: list[dict], baseline: list[dict]) -> pd.DataFrame:
         table = _pair_up(outputs, baseline)
         prompts = [[{"role": "user", "content": i}] for i in table["instruction"]]
-        scores = self.scorer.score(prompts + prompts, list(table["output_2"]) + list(table["output_1"]))
-        r_model, r_base = np.array(scores[:len(table)]), np.array(scores[len(table):])
+        r_model = np.array(self.scorer.score(prompts, list(table["output_2"])))
+        r_base = np.array(self._baseline_scores(prompts, list(table["output_1"])))
         return table.assign(preference=1.0 + _sigmoid(r_model - r_base), annotator=self.name)
+
+    def _baseline_scores(self, prompts: list[list[dict]], texts: list[str]) -> list[float]:
+        """The baseline's scores, scored apart from any model's outputs (so a batch of the same texts gives the same
+        floats every time) and kept per scorer: every model of a run is judged against the same baseline texts,
+        which cost a reward model most of an evaluation (they are long)."""
+        from simplemix.store import stable_hash
+
+        try:
+            memo = _BASELINE_SCORES.setdefault(self.scorer, {})
+        except TypeError:  # a scorer that cannot be weakly referenced or hashed is asked every time
+            return self.scorer.score(prompts, texts)
+        key = stable_hash([prompts, texts])
+        if key not in memo:
+            memo[key] = list(self.scorer.score(prompts, texts))
+        return memo[key]
+
+
+_BASELINE_SCORES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # scorer -> {texts' hash: scores}
 
 
 class AlpacaEvalJudge:

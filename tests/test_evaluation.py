@@ -204,6 +204,27 @@ def test_score_judge_uses_sigmoid_of_the_reward_gap_and_joins_on_instructions():
         judge.annotate([{"instruction": "zzz", "output": "x"}], baseline)
 
 
+def test_score_judge_scores_the_baseline_once_per_scorer_and_apart_from_the_outputs():
+    class Counting:  # a reward model whose batch is part of each score, as padding makes it in float arithmetic
+        def __init__(self):
+            self.calls = []
+
+        def score(self, prompts, responses, progress=False):
+            self.calls.append(list(responses))
+            return [len(r) + 0.001 * len(responses) for r in responses]
+
+    baseline = [{"instruction": "a", "output": "base-a"}, {"instruction": "b", "output": "base-bb"}]
+    scorer = Counting()
+    first = ev.ScoreJudge(scorer).annotate([{"instruction": i, "output": "x", "generator": "m"} for i in "ab"], baseline)
+    second = ev.ScoreJudge(scorer).annotate([{"instruction": i, "output": "yy", "generator": "n"} for i in "ab"],
+                                            baseline)
+    assert scorer.calls == [["x", "x"], ["base-a", "base-bb"], ["yy", "yy"]]  # the baseline once, on its own
+    fresh = ev.ScoreJudge(Counting()).annotate([{"instruction": i, "output": "yy", "generator": "n"} for i in "ab"],
+                                               baseline)
+    assert second["preference"].tolist() == fresh["preference"].tolist()  # the same floats as a fresh judge's
+    assert first["preference"].tolist() != second["preference"].tolist()
+
+
 def test_official_judge_needs_a_key_and_the_eval_extra(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="set OPENAI_API_KEY"):
