@@ -15,8 +15,11 @@ book: $(VENV)/.installed  ## run every notebook of PROFILE with papermill, then 
 	$(PY) -m simplemix.cli run --profile $(PROFILE) --jobs $(JOBS)
 	$(PY) -m simplemix.cli book --run runs/$(PROFILE)
 
-test: $(VENV)/.installed  ## unit and integration tests, then every notebook with its defaults
-	$(PY) -m pytest tests --nbmake notebooks --nbmake-timeout=1800
+# Two pytest workers (each test file on one): the chapter batches of the smoke and tiny-hub books keep both cores
+# busy only part of the time, and the unit tests and notebooks fill the rest; the run store's locks keep a stage
+# that two of them ask for computed once.
+test: $(VENV)/.installed  ## unit and integration tests, the smoke and tiny-hub books, then every notebook (nbmake)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile tests --nbmake notebooks --nbmake-timeout=1800
 
 install: $(VENV)/.installed
 
