@@ -199,7 +199,9 @@ class AlpacaEvalJudge:
         except ImportError as err:
             raise RuntimeError("the official AlpacaEval judge needs the eval extra: pip install -e '.[eval]'") from err
         self.annotators_config = annotators_config
-        self._annotator = PairwiseAnnotator(annotators_config=annotators_config)
+        # caching_path=None: alpaca_eval's "auto" cache is a file inside its installed package; the run store keeps
+        # every evaluation's annotations instead
+        self._annotator = PairwiseAnnotator(annotators_config=annotators_config, caching_path=None)
 
     def annotate(self, outputs: list[dict], baseline: list[dict]) -> pd.DataFrame:
         _pair_up(outputs, baseline)  # the same checks as the local judges, before any paid API call

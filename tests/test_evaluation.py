@@ -230,7 +230,8 @@ def test_official_judge_needs_a_key_and_the_eval_extra(monkeypatch):
     with pytest.raises(RuntimeError, match="set OPENAI_API_KEY"):
         ev.AlpacaEvalJudge()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
-    monkeypatch.setitem(sys.modules, "alpaca_eval", None)
+    monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # as if not installed, even after another test imported it
+    monkeypatch.setitem(sys.modules, "alpaca_eval.annotators", None)
     with pytest.raises(RuntimeError, match="eval extra") as info:
         ev.AlpacaEvalJudge()
     assert "sk-test" not in str(info.value)
@@ -267,8 +268,8 @@ def test_official_judge_hands_baseline_and_model_outputs_to_alpaca_eval(monkeypa
     calls = {}
 
     class PairwiseAnnotator:
-        def __init__(self, annotators_config):
-            calls["config"] = annotators_config
+        def __init__(self, annotators_config, caching_path="auto"):
+            calls["config"], calls["cache"] = annotators_config, caching_path
 
         def annotate_head2head(self, outputs_1, outputs_2):
             calls["pairs"] = [(a["output"], b["output"]) for a, b in zip(outputs_1, outputs_2)]
@@ -283,7 +284,7 @@ def test_official_judge_hands_baseline_and_model_outputs_to_alpaca_eval(monkeypa
     judge = ev.AlpacaEvalJudge()
     table = judge.annotate([{"instruction": "b", "output": "mine"}],
                            [{"instruction": "a", "output": "base-a"}, {"instruction": "b", "output": "base-b"}])
-    assert calls == {"config": "weighted_alpaca_eval_gpt4_turbo", "pairs": [("base-b", "mine")]}
+    assert calls == {"config": "weighted_alpaca_eval_gpt4_turbo", "cache": None, "pairs": [("base-b", "mine")]}
     assert ev.win_rate(table).win_rate == pytest.approx(75.0) and judge.comparable_with_leaderboard
 
 
