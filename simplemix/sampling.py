@@ -80,6 +80,8 @@ def load_policy(policy: "Policy | ModelConfig"):
     dtype = "auto" if cfg.torch_dtype == "auto" else getattr(torch, DTYPES[cfg.torch_dtype])
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     model = causal_lm(path, revision=cfg.revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    if torch.cuda.is_available():  # the transformers backend samples and evaluates on the GPU when there is one
+        model = model.to("cuda")
     return model.eval(), tokenizer
 
 
@@ -158,7 +160,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {
             "do_sample": False}
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+            out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                 max_new_tokens=max_new_tokens,
                                  num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id, **sampling)
         for row, new in enumerate(out[:, width:].tolist()):

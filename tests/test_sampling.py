@@ -165,3 +165,20 @@ def test_vllm_missing_is_a_clear_error(world_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match="vllm is not installed.*sampling.backend=transformers"):
         load_backend(SamplingConfig(backend="vllm"), tiny_policy(world_dir, POLICY_NAME))
+
+
+def test_the_transformers_backend_puts_the_policy_on_the_gpu_when_there_is_one(world_dir, monkeypatch):
+    """On a GPU machine the policy goes to CUDA (before this, sampling and evaluation ran on the CPU there), and
+    ``generate`` sends its inputs to the model's device."""
+    import torch
+
+    moved, seen = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or self)
+    model, tokenizer = load_policy(tiny_policy(world_dir, POLICY_NAME))
+    assert moved == [("cuda",)]
+    monkeypatch.undo()
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw["input_ids"].device) or real(**kw))
+    generate(model, tokenizer, [[{"role": "user", "content": "2+2="}]], max_new_tokens=2)
+    assert seen == [model.device]
