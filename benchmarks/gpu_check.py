@@ -2,7 +2,7 @@
 
 1. ``backends``: vLLM against the transformers backend on the same random-weight Llama (built here, nothing
    downloaded): samples/s of each through ``simplemix.sampling`` (the code the profiles use), and whether their
-   greedy outputs are the same tokens.
+   greedy outputs are the same text.
 2. ``qlora``: one 8B-shaped QLoRA DPO run at max_length 2048 (``bench_qlora_gpu.py``: peak memory, tokens/s).
 3. ``mfu``: bf16 full fine-tuning of a ~1B-shaped Llama (AdamW, batch of 2048-token rows): tokens/s and model
    FLOPs utilisation, 6 x parameters x tokens/s over the card's dense bf16 peak.
@@ -29,11 +29,11 @@ SAMPLER = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=12, n
                num_key_value_heads=8, vocab_size=32000)  # ~0.2B
 ONE_B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
              num_key_value_heads=8, vocab_size=32000)  # ~1.1B, Llama-3.2-1B-like
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=1024)
+TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, vocab_size=1024)  # head size 64, which vLLM's attention kernels take
 # dense bf16 peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "4090": 165e12}
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
+             "A10": 125e12, "4090": 165e12}  # first match wins: L40S and L40 before L4
 
 
 def random_llama(shape: dict, directory: Path, dtype: str) -> Path:
@@ -80,7 +80,8 @@ def backends(workdir: Path, tiny: bool, prompts: int, new_tokens: int) -> dict:
         if name == "vllm" and importlib.util.find_spec("vllm") is None:
             out["vllm"] = "not installed (pip install 'simplemix[gpu]')"
             continue
-        backend = load_backend(SamplingConfig(backend=name, max_new_tokens=new_tokens, num_samples=4), policy)
+        cfg = SamplingConfig(backend=name, max_new_tokens=new_tokens, num_samples=4, batch_token_budget=262144)
+        backend = load_backend(cfg, policy)
         start = time.perf_counter()
         drawn = backend.generate(chats, n=4, temperature=0.7, top_p=0.9, max_new_tokens=new_tokens, seed=0)
         seconds = time.perf_counter() - start
@@ -110,6 +111,8 @@ def mfu(tiny: bool, steps: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     shape, batch, length = (TINY, 2, 128) if tiny else (ONE_B, 8, 2048)
     torch.manual_seed(0)
@@ -149,6 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where random checkpoints go (default: a temp dir)")
     args = parser.parse_args(argv)
     parts = args.only or ["backends", "qlora", "mfu"]
+    if len(parts) > 1:  # each part in its own process: vLLM keeps most of the GPU's memory until its process ends
+        report = {"host": platform.node(), "tiny": args.tiny}
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            for part in parts:
+                one = Path(tmp) / f"{part}.json"
+                cmd = [sys.executable, __file__, "--only", part, "--out", str(one)] + (["--tiny"] if args.tiny else [])
+                cmd += ["--workdir", args.workdir] if args.workdir else []
+                done = subprocess.run(cmd)
+                report[part] = json.loads(one.read_text())[part] if one.exists() else {"rc": done.returncode}
+        text = json.dumps(report, indent=1)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return 0 if all(not isinstance(v, dict) or v.get("rc", 0) == 0 for v in report.values()) else 1
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         report = {"host": platform.node(), "tiny": args.tiny}

@@ -9,4 +9,4 @@ out=${1:-${OUT:-benchmarks/results}}
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.csv"
-timeout 480 python benchmarks/gpu_check.py --out "$out/gpu_check.json" --workdir "${TMPDIR:-/tmp}" 2>&1 | tee "$out/gpu_check.log"
+timeout 480 "${PYTHON:-python3}" benchmarks/gpu_check.py --out "$out/gpu_check.json" --workdir "${TMPDIR:-/tmp}" 2>&1 | tee "$out/gpu_check.log"

@@ -121,6 +121,7 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     elsewhere = [nb for nb in todo if not applies(nb, world)]
     for nb in elsewhere:
         write_not_run(nb, out_dir / nb.name, profile, world)
+        done.pop(nb.name, None)  # its page is the stand-in now: back in one of its worlds, it runs again
     if elsewhere:
         print(f"not part of world {world!r}, not run: {', '.join(nb.name for nb in elsewhere)}", flush=True)
     for nb in todo:

@@ -79,9 +79,9 @@ def load_policy(policy: "Policy | ModelConfig"):
         tokenizer.pad_token = tokenizer.eos_token
     dtype = "auto" if cfg.torch_dtype == "auto" else getattr(torch, DTYPES[cfg.torch_dtype])
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if torch.cuda.is_available():  # the transformers backend samples and evaluates on the GPU when there is one,
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # loaded there directly (no CPU copy of 8B)
     model = causal_lm(path, revision=cfg.revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
-    if torch.cuda.is_available():  # the transformers backend samples and evaluates on the GPU when there is one
-        model = model.to("cuda")
     return model.eval(), tokenizer
 
 

@@ -226,9 +226,16 @@ def _write(tmp: Path, seed: int) -> None:
 
 
 def _code_hash() -> str:
+    """What the artifacts' bytes depend on: this builder, the JSONL writer, the bundled slice and the libraries."""
     import hashlib
+    from importlib import metadata
 
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    from simplemix import data
+
+    digest = hashlib.sha256(Path(__file__).read_bytes() + Path(data.__file__).read_bytes())
+    digest.update((resources.path("data") / "ultrafeedback_slice" / "train_clean_1000.jsonl").read_bytes())
+    digest.update(" ".join(metadata.version(p) for p in ("torch", "transformers", "tokenizers")).encode())
+    return digest.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

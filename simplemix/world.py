@@ -265,7 +265,10 @@ class HubWorld(World):
     kind = "hub"
 
     def policy(self, model: ModelConfig) -> Policy:
-        return Policy.of(model, getattr(model, "label", ""))
+        policy = Policy.of(model, getattr(model, "label", ""))
+        if Path(model.name_or_path).is_dir():  # a local model rebuilt or edited in place is another model
+            policy = dataclasses.replace(policy, key=policy.key | {"files": _dir_fingerprint(model.name_or_path)})
+        return policy
 
     def dataset(self, data: DataConfig) -> tuple[str, dict]:
         identity = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("label", "paper_name")}
@@ -285,8 +288,11 @@ class HubWorld(World):
     def reward_key(self) -> dict:
         from simplemix.store import default_code_version
 
+        name = self.profile.reward.model.name_or_path
+        files = _dir_fingerprint(name) if Path(name).is_dir() else None
         return dataclasses.asdict(self.profile.reward) | {"rescore_off_policy": None, "batch_token_budget": None,
-                                                          "code": default_code_version("simplemix.reward")}
+                                                          "code": default_code_version("simplemix.reward"),
+                                                          "files": files}
 
     def baseline(self) -> list[dict]:
         from simplemix.evaluation import alpaca_eval_baseline
@@ -337,6 +343,17 @@ def _load(fmt: str, path: str, split, max_rows, on_invalid: str, weights: str, i
 
 def _last_user(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def _dir_fingerprint(path: str | Path) -> str:
+    """A local model directory's identity without reading its weights: the content of its small files (configs,
+    tokenizer, chat template) and the name, size and modification time of the large ones."""
+    parts = []
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        stat = f.stat()
+        rel = str(f.relative_to(path))
+        parts.append([rel, _file_sha256(f)] if stat.st_size < (1 << 20) else [rel, stat.st_size, stat.st_mtime_ns])
+    return stable_hash(parts)
 
 
 def _file_sha256(path: str | Path) -> str:

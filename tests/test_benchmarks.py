@@ -18,4 +18,8 @@ def test_gpu_check_runs_at_toy_shapes_and_reports_every_part(tmp_path):
     assert "vllm" in report["backends"]  # measured on a GPU box, "not installed" here
     assert report["qlora"]["rc"] == 0 and any("tokens/s" in line for line in report["qlora"]["report"])
     mfu = report["mfu"]
-    assert mfu["tokens_per_s"] > 0 and mfu["parameters"] > 0 and mfu["mfu"] is None  # no MFU without a GPU peak
+    import torch
+
+    assert mfu["tokens_per_s"] > 0 and mfu["parameters"] > 0
+    if not torch.cuda.is_available():
+        assert mfu["mfu"] is None  # MFU needs a GPU's peak

@@ -172,11 +172,16 @@ def test_the_transformers_backend_puts_the_policy_on_the_gpu_when_there_is_one(w
     ``generate`` sends its inputs to the model's device."""
     import torch
 
-    moved, seen = [], []
+    import simplemix.sampling as sampling
+
+    loaded, seen = [], []
+    real_load = sampling.causal_lm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or self)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(sampling, "causal_lm", lambda path, **kw: loaded.append(kw.pop("device_map", None))
+                        or real_load(path, **kw))
     model, tokenizer = load_policy(tiny_policy(world_dir, POLICY_NAME))
-    assert moved == [("cuda",)]
+    assert loaded == [{"": 0}]  # loaded straight onto the GPU
     monkeypatch.undo()
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw["input_ids"].device) or real(**kw))

@@ -290,11 +290,11 @@ def test_a_hub_world_serves_local_models_and_datasets_cell_by_cell(hub, offline)
     for prompts in (uf, hs2):
         assert prompts.categories == KeywordClassifier().classify([m[-1]["content"] for m in prompts.messages])
     assert len(set(uf.categories + hs2.categories)) >= 4
-    # the policy: the local directory as it is, keyed by its model config alone
+    # the policy: the local directory as it is, keyed by its model config and its files (a rebuild is another model)
     policy = world.sft_policy(cells[0])
     plain = ModelConfig(name_or_path=str(hub["policy"]), torch_dtype="float32")
-    assert policy == Policy.of(plain, "tiny-llama") == world.policy(cells[0].policy)
-    assert policy.key == {"model": dataclasses.asdict(plain)}
+    assert policy == world.policy(cells[0].policy) and policy.model == Policy.of(plain, "tiny-llama").model
+    assert policy.key == {"model": dataclasses.asdict(plain), "files": policy.key["files"]}
     assert str(hub["run"]) not in json.dumps(policy.key) and "label" not in policy.key["model"]
     model, _ = load_policy(policy)
     assert type(model).__name__ == "LlamaForCausalLM"
@@ -391,3 +391,25 @@ def test_stage_keys_are_per_cell_and_a_rerun_is_all_hits(tiny_run_module, tmp_pa
         assert [e.key for e in again[c.id].values()] == [e.key for e in first[c.id].values()]
         again_world.off_policy_pairs(c, progress=False)
     assert stages() == before
+
+
+def test_a_local_model_rebuilt_in_place_is_keyed_as_another_model(tmp_path):
+    """Stages built on a local model directory (tiny-hub's, or a user's own checkpoint) must not be reused after the
+    directory is rebuilt at the same path: its files are part of the policy's and the reward model's keys."""
+    import shutil
+
+    from simplemix import tinyhub
+    from simplemix.config import load_profile
+    from simplemix.world import resolve
+
+    hub = tinyhub.build()
+    policy, reward = shutil.copytree(hub / "policy", tmp_path / "policy"), shutil.copytree(hub / "reward", tmp_path / "rm")
+    prof = load_profile("tiny-hub", {"policies.0.name_or_path": str(policy), "reward.model.name_or_path": str(reward)})
+    world = resolve(prof, tmp_path / "run")
+    before = (world.sft_policy(world.cell()).key, world.reward_key())
+    assert resolve(prof, tmp_path / "run").sft_policy(world.cell()).key == before[0]  # stable while unchanged
+    for directory in (policy, reward):
+        (directory / "generation_config.json").write_text("{}") if directory == policy else \
+            (directory / "chat_template.jinja").write_text("{{ messages }}")
+    world = resolve(prof, tmp_path / "run")
+    assert world.sft_policy(world.cell()).key != before[0] and world.reward_key() != before[1]
