@@ -7,7 +7,7 @@
 3. ``mfu``: bf16 full fine-tuning of a ~1B-shaped Llama (AdamW, batch of 2048-token rows): tokens/s and model
    FLOPs utilisation, 6 x parameters x tokens/s over the card's dense bf16 peak.
 
-    bash benchmarks/gpu_check.sh            # all three on a GPU, under 8 minutes on an H100/H200
+    bash benchmarks/gpu_check.sh            # all three on a GPU (sized for 8 minutes; not yet timed)
     python benchmarks/gpu_check.py --tiny   # the same code at toy shapes on a CPU (what the tests run)
 
 Prints one JSON object (also written to --out): the numbers for benchmarks/README.md.
