@@ -135,13 +135,14 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
     if skipped:
         print(f"up to date, skipped: {', '.join(skipped)}", flush=True)
     bar = tqdm(total=len(pending), desc=f"notebooks ({profile})", unit="nb", disable=not pending)
-    # 9x notebooks summarise the others (results, execution table): they run once the rest have finished
+    # 9x notebooks summarise the others (results, execution table): they run once the rest have finished, one at a time
     waves = [[p for p in pending if not p[0].name.startswith("9")], [p for p in pending if p[0].name.startswith("9")]]
     if workers > 1:
         waves[0] = longest_first(waves[0], out_dir / ".durations.json")
     with batch.stop_on_signals():
-        for wave in waves:
-            _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, log_dir, batch)
+        for wave, width in zip(waves, (workers, 1)):
+            # the 9x chapters one at a time, in book order: each reads what the ones before it wrote
+            _run_wave(wave, width, execute, bar, done, done_file, failures, out_dir, log_dir, batch)
             if batch.stopped:
                 break
     bar.close()

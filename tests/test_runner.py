@@ -154,6 +154,20 @@ def test_a_parallel_batch_starts_chapter_00_then_the_longest(tmp_path):
     assert set(recorded) == {"00_world.ipynb", "01_short.ipynb", "02_long.ipynb", "03_plain.ipynb"}
 
 
+def test_the_summary_chapters_run_last_one_at_a_time_in_book_order(tmp_path):
+    # 91 reads 90's executed notebook: side by side it read a half-written file (JSONDecodeError in CI)
+    src, times = tmp_path / "nbs", tmp_path / "times"
+    src.mkdir()
+    times.mkdir()
+    for name in ("00_world", "01_chapter", "90_results", "91_status"):
+        _notebook(src / f"{name}.ipynb", "import pathlib, time",
+                  f"t0 = time.time(); time.sleep(1.5)\npathlib.Path({str(times)!r}, {name!r}).write_text(f'{{t0}} {{time.time()}}')")
+    assert runner.run_notebooks("smoke", runs_dir=tmp_path / "runs", source=src, jobs=2) == 0
+    span = {f.name: [float(x) for x in f.read_text().split()] for f in times.iterdir()}
+    assert span["90_results"][0] >= max(span["00_world"][1], span["01_chapter"][1])
+    assert span["91_status"][0] >= span["90_results"][1]
+
+
 def test_a_failed_book_build_says_where_the_html_is_and_which_chapters_failed(tmp_path, monkeypatch, capsys):
     executed = tmp_path / "run" / "notebooks"
     executed.mkdir(parents=True)
