@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import simplemix
 from simplemix import __version__
+from simplemix.quiet import quiet
 
 
 def canonical_json(obj: Any) -> str:
@@ -167,16 +168,16 @@ class RunStore:
         elif version is not None:
             raise ValueError("pass either code_version= or version=, not both")
         key = self.key_for(stage, config, inputs, code_version)
-        if (entry := self.get(stage, key)) is not None:
-            return entry
-        for sub in ("stages", ".tmp", ".locks", ".shards"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temps()
-        with open(self.root / ".locks" / f"{stage}-{key}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the kernel on death
-            if (entry := self.get(stage, key)) is not None:
-                return entry
-            return self._compute(stage, key, fn, config, inputs, code_version)
+        if (entry := self.get(stage, key)) is None:
+            for sub in ("stages", ".tmp", ".locks", ".shards"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temps()
+            with open(self.root / ".locks" / f"{stage}-{key}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the kernel on death
+                if (entry := self.get(stage, key)) is None:
+                    entry = self._compute(stage, key, fn, config, inputs, code_version)
+        log_access(entry)
+        return entry
 
     def _compute(self, stage, key, fn, config, inputs, code_version) -> Entry:
         tmp = self.root / ".tmp" / f"{stage}-{key}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -185,7 +186,7 @@ class RunStore:
         try:
             start = time.monotonic()
             wants_shards = "shards" in inspect.signature(fn).parameters
-            with frozen_heap():
+            with frozen_heap(), quiet():  # library chatter stays out of logs and pages; errors do not
                 info = fn(tmp, shards=ShardCache(shard_dir)) if wants_shards else fn(tmp)
             if info is not None and not isinstance(info, dict):
                 raise TypeError(f"stage {stage!r} returned {type(info).__name__}, expected dict or None")
@@ -260,6 +261,24 @@ class RunStore:
         for tmp, _, _, pid in self._temps():
             if not _pid_alive(pid):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+STAGE_LOG_ENV = "SIMPLEMIX_STAGE_LOG"
+
+
+def log_access(entry: Entry) -> None:
+    """Append the stage a request returned (hit or computed) to the file ``$SIMPLEMIX_STAGE_LOG`` names, with the
+    notebook cell running it (IPython's execution count): the runner sets it per chapter, so the reproducibility
+    chapter can name the stages behind each figure. Without the variable, nothing."""
+    path = os.environ.get(STAGE_LOG_ENV)
+    if not path:
+        return
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    # IPython counts the running cell before running it: its number is one less than the shell's count now
+    cell = shell.execution_count - 1 if getattr(shell, "execution_count", None) else None
+    record = {"stage": entry.stage, "key": entry.key, "hit": entry.hit, "cell": cell}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def default_code_version(fn_or_module: Callable | types.ModuleType | str, version: str | None = None) -> str:

@@ -27,14 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _rng = random.getstate()  # trl's import draws from Python's global RNG (rich seeds itself): put it back below
-import torch  # noqa: E402
-from datasets import Features, List, Value  # noqa: E402
-import trl  # noqa: E402
-from trl import DPOConfig, DPOTrainer  # noqa: E402
-from trl.models.utils import unwrap_model_for_generation  # noqa: E402
-from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
-from trl.trainer.utils import use_adapter  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from simplemix.quiet import quiet  # noqa: E402
+
+with quiet():  # their import-time lines (DeepSpeed's accelerator, tqdm's IProgress) are not the page's
+    import torch  # noqa: E402
+    from datasets import Features, List, Value  # noqa: E402
+    import trl  # noqa: E402
+    from trl import DPOConfig, DPOTrainer  # noqa: E402
+    from trl.models.utils import unwrap_model_for_generation  # noqa: E402
+    from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
+    from trl.trainer.utils import use_adapter  # noqa: E402
+    from transformers import TrainerCallback  # noqa: E402
 
 random.setstate(_rng)
 
@@ -473,17 +476,18 @@ def reference_logps(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, ru
     policy = as_policy(policy)
 
     def compute(out: Path) -> dict:
-        first = {pid: i for i, pid in reversed(list(enumerate(pairs["pair_id"])))}
-        model, tokenizer, peft_config = load_model(cfg, policy)
-        args = dpo_config(cfg, out / "trainer", precompute_ref_log_probs=True, disable_tqdm=not progress)
-        # a quantized model cannot enter a Trainer without adapters; with them disabled it is the base anyway
-        trainer = make_trainer(_prepare_for_trainer(model, cfg), tokenizer, args,
-                               trl_pairs(pairs.select(sorted(first.values()))),
-                               peft_config if cfg.finetuning == "qlora" else None)
-        table, info = _reference_table(trainer.train_dataset, len(first))
-        table.to_parquet(out / "ref_logps.parquet", index=False)
-        shutil.rmtree(out / "trainer", ignore_errors=True)
-        return info
+        with quiet(bars=progress):
+            first = {pid: i for i, pid in reversed(list(enumerate(pairs["pair_id"])))}
+            model, tokenizer, peft_config = load_model(cfg, policy)
+            args = dpo_config(cfg, out / "trainer", precompute_ref_log_probs=True, disable_tqdm=not progress)
+            # a quantized model cannot enter a Trainer without adapters; with them disabled it is the base anyway
+            trainer = make_trainer(_prepare_for_trainer(model, cfg), tokenizer, args,
+                                   trl_pairs(pairs.select(sorted(first.values()))),
+                                   peft_config if cfg.finetuning == "qlora" else None)
+            table, info = _reference_table(trainer.train_dataset, len(first))
+            table.to_parquet(out / "ref_logps.parquet", index=False)
+            shutil.rmtree(out / "trainer", ignore_errors=True)
+            return info
 
     return RunStore(run_dir).run("ref-logps", compute, *_reference_request(pairs, cfg, policy))
 
@@ -561,43 +565,44 @@ def train(pairs, cfg: TrainingConfig, policy: Policy | ModelConfig, run_dir: str
         """Train and save into ``out``; under ``accelerate launch`` every rank runs this, the main one saves.
         Without stored reference log-probs, TRL computes them in this trainer's __init__ and they are stored as
         the ``ref-logps`` stage (one trainer, one model load and one tokenization instead of two)."""
-        dataset = trl_pairs(pairs)
-        ref = store.get("ref-logps", ref_key) if ref_key else None
-        if ref is not None:
-            dataset = with_reference(dataset, ref)
-        model, tokenizer, peft_config = load_model(cfg, policy)
-        ref_model = None
-        if method == "hypo" and cfg.finetuning == "full":
-            ref_model = load_model(cfg, policy)[0].eval()  # the KL term needs pi_ref on fresh samples
-        args = dpo_config(cfg, checkpoints, run_name=name, disable_tqdm=not progress,
-                          **({"max_steps": max_steps} if max_steps else {}))
-        if ref_key and ref is None:
-            _prepare_for_trainer(model, cfg)
-        trainer = make_trainer(model, tokenizer, args, dataset, peft_config,
-                               hypo=cfg.hypo if method == "hypo" else None, ref_model=ref_model)
-        if ref_key and ref is None:
-            table, info = _reference_table(trainer.train_dataset, len(set(pairs["pair_id"])))
-            if _commit_reference(store, ref_request, table, info).hit:
-                # another process stored them first: train on the stored values, as every later run will
-                trainer.train_dataset = with_reference(trainer.train_dataset.remove_columns(list(REF_COLUMNS)),
-                                                       store.get("ref-logps", ref_key))
-        trainer.add_callback(CheckpointPacing(cfg.checkpoint_min_interval_s))
-        if not progress:
-            from transformers import PrinterCallback
+        with quiet(bars=progress):
+            dataset = trl_pairs(pairs)
+            ref = store.get("ref-logps", ref_key) if ref_key else None
+            if ref is not None:
+                dataset = with_reference(dataset, ref)
+            model, tokenizer, peft_config = load_model(cfg, policy)
+            ref_model = None
+            if method == "hypo" and cfg.finetuning == "full":
+                ref_model = load_model(cfg, policy)[0].eval()  # the KL term needs pi_ref on fresh samples
+            args = dpo_config(cfg, checkpoints, run_name=name, disable_tqdm=not progress,
+                              **({"max_steps": max_steps} if max_steps else {}))
+            if ref_key and ref is None:
+                _prepare_for_trainer(model, cfg)
+            trainer = make_trainer(model, tokenizer, args, dataset, peft_config,
+                                   hypo=cfg.hypo if method == "hypo" else None, ref_model=ref_model)
+            if ref_key and ref is None:
+                table, info = _reference_table(trainer.train_dataset, len(set(pairs["pair_id"])))
+                if _commit_reference(store, ref_request, table, info).hit:
+                    # another process stored them first: train on the stored values, as every later run will
+                    trainer.train_dataset = with_reference(trainer.train_dataset.remove_columns(list(REF_COLUMNS)),
+                                                           store.get("ref-logps", ref_key))
+            trainer.add_callback(CheckpointPacing(cfg.checkpoint_min_interval_s))
+            if not progress:
+                from transformers import PrinterCallback
 
-            trainer.remove_callback(PrinterCallback)  # what Trainer prints in place of the progress bar
-        resume = _complete_checkpoint(checkpoints) if checkpoints.exists() else None
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
-        if trainer.accelerator.is_main_process:
-            tokenizer.save_pretrained(out)
-            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        trained = trainer.train_dataset  # after TRL dropped the pairs whose prompt fills max_length
-        on = sum(trained[SOURCE_COLUMN])
-        return {"name": name, "method": method, "rows": len(trained), "on_policy": on,
-                "off_policy": len(trained) - on, "global_step": trainer.state.global_step,
-                "train_loss": result.training_loss, "resumed_from": resume.name if resume else None,
-                "num_processes": trainer.accelerator.num_processes}
+                trainer.remove_callback(PrinterCallback)  # what Trainer prints in place of the progress bar
+            resume = _complete_checkpoint(checkpoints) if checkpoints.exists() else None
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
+            if trainer.accelerator.is_main_process:
+                tokenizer.save_pretrained(out)
+                (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+            trained = trainer.train_dataset  # after TRL dropped the pairs whose prompt fills max_length
+            on = sum(trained[SOURCE_COLUMN])
+            return {"name": name, "method": method, "rows": len(trained), "on_policy": on,
+                    "off_policy": len(trained) - on, "global_step": trainer.state.global_step,
+                    "train_loss": result.training_loss, "resumed_from": resume.name if resume else None,
+                    "num_processes": trainer.accelerator.num_processes}
 
     if _world_size() > 1:
         entry = _train_distributed(store, fit, config, inputs, code_version, checkpoints)
