@@ -404,19 +404,30 @@ def interval(reps: Replicates, groups: "Mapping | pd.Series | None" = None, *, s
 def paired_values(a: Replicates, b: Replicates, stat: str = "win_rate") -> list["pd.Series"]:
     """Per seed, ``a``'s minus ``b``'s per-prompt values, aligned by instruction; raises ValueError unless the two
     share their seeds (in order) and, seed by seed, their evaluation prompts."""
-    if a.seeds != b.seeds:
-        raise ValueError(f"difference({a.label!r}, {b.label!r}): a paired comparison needs the same seeds, got "
-                         f"{list(a.seeds)} and {list(b.seeds)}")
-    out = []
-    for s, ra, rb in zip(a.seeds, a.results, b.results):
-        va, vb = prompt_values(ra, stat), prompt_values(rb, stat)
-        if set(va.index) != set(vb.index):
-            only_a, only_b = set(va.index) - set(vb.index), set(vb.index) - set(va.index)
-            example = next(iter(only_a or only_b))
-            raise ValueError(f"difference({a.label!r}, {b.label!r}), seed {s}: a paired comparison needs the same "
-                             f"evaluation prompts; {len(only_a)} only in the first, {len(only_b)} only in the second, "
-                             f"e.g. {example[:80]!r}")
-        out.append(va - vb.loc[va.index].to_numpy())
+    return combined_values([(1.0, a), (-1.0, b)], stat)
+
+
+def combined_values(terms: Sequence[tuple[float, Replicates]], stat: str = "win_rate") -> list["pd.Series"]:
+    """Per seed, the per-prompt values of sum_k w_k x ``reps_k`` for ``terms`` = [(w_k, reps_k), ...], aligned by
+    instruction (the first term's order); every term must share the first's seeds and, seed by seed, prompts."""
+    import pandas as pd
+
+    (_, first), out = terms[0], []
+    for _, other in terms[1:]:
+        if other.seeds != first.seeds:
+            raise ValueError(f"difference({first.label!r}, {other.label!r}): a paired comparison needs the same "
+                             f"seeds, got {list(first.seeds)} and {list(other.seeds)}")
+    for k, s in enumerate(first.seeds):
+        values = [prompt_values(reps.results[k], stat) for _, reps in terms]
+        index = values[0].index
+        for (_, reps), v in zip(terms[1:], values[1:]):
+            if set(index) != set(v.index):
+                only_a, only_b = set(index) - set(v.index), set(v.index) - set(index)
+                example = next(iter(only_a or only_b))
+                raise ValueError(f"difference({first.label!r}, {reps.label!r}), seed {s}: a paired comparison needs "
+                                 f"the same evaluation prompts; {len(only_a)} only in the first, {len(only_b)} only "
+                                 f"in the second, e.g. {example[:80]!r}")
+        out.append(pd.Series(sum(w * v.loc[index].to_numpy() for (w, _), v in zip(terms, values)), index=index))
     return out
 
 
@@ -425,8 +436,44 @@ def difference(a: Replicates, b: Replicates, groups: "Mapping | pd.Series | None
     """``a`` minus ``b`` in ``stat``, with a paired two-level bootstrap: each draw resamples the same seeds for
     both and, within a seed, the same prompts for both. The statistic is linear, so this is the bootstrap of the
     per-prompt differences (:func:`paired_values`). Columns: delta, lo, hi, half_width, n_prompts, n_seeds."""
-    table = _by_group(paired_values(a, b, stat), groups, n_boot, seed, level)
+    return contrast([(1.0, a), (-1.0, b)], groups, stat=stat, n_boot=n_boot, seed=seed, level=level)
+
+
+def contrast(terms: Sequence[tuple[float, Replicates]], groups: "Mapping | pd.Series | None" = None, *,
+             stat: str = "win_rate", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> "pd.DataFrame":
+    """A linear contrast sum_k w_k x ``reps_k`` of ``stat`` (e.g. SimpleMix minus the mean of on- and off-policy
+    DPO: [(1, mix), (-0.5, on), (-0.5, off)]), bootstrapped paired as :func:`difference`, whose columns it has."""
+    table = _by_group(combined_values(terms, stat), groups, n_boot, seed, level)
     return table.rename(columns={"mean": "delta"})
+
+
+def unpaired_difference(a: Sequence["np.ndarray"], b: Sequence["np.ndarray"], *, n_boot: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict:
+    """The mean over seeds of ``a``'s per-seed means minus ``b``'s, for values that do not pair up (the rewards of
+    two sampling schemes' samples), with a two-level bootstrap interval: each draw resamples the seeds (the same
+    ones for both sides), then, within each drawn seed, each side's values on their own. {delta, lo, hi,
+    half_width, n_seeds}."""
+    import numpy as np
+
+    a = [np.asarray(x, dtype=float).ravel() for x in a]
+    b = [np.asarray(y, dtype=float).ravel() for y in b]
+    if len(a) != len(b) or not a or any(len(x) == 0 for x in a + b):
+        raise ValueError(f"unpaired_difference: needs the same seeds on both sides, each with values; got "
+                         f"{[len(x) for x in a]} and {[len(y) for y in b]}")
+    rng, n_seeds = np.random.default_rng(seed), len(a)
+    drawn = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    total = np.zeros(n_boot)
+    for slot in range(n_seeds):
+        for k in range(n_seeds):
+            rows = np.flatnonzero(drawn[:, slot] == k)
+            if len(rows):
+                ma = a[k][rng.integers(0, len(a[k]), size=(len(rows), len(a[k])))].mean(axis=1)
+                mb = b[k][rng.integers(0, len(b[k]), size=(len(rows), len(b[k])))].mean(axis=1)
+                total[rows] += ma - mb
+    draws = total / n_seeds
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    delta = float(np.mean([x.mean() for x in a]) - np.mean([y.mean() for y in b]))
+    return {"delta": delta, "lo": float(lo), "hi": float(hi), "half_width": float(hi - lo) / 2, "n_seeds": n_seeds}
 
 
 def interval_note(seeds: Sequence[int] | Replicates, level: float = 0.95) -> str:

@@ -264,3 +264,31 @@ def test_run_replicates_trains_each_seed_and_its_seed_0_is_the_plain_run(run_dir
     assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(off.win_rate)
     sft = experiments.run_replicates(w, cell, None)
     assert sft.label == "SFT" and sft.results[0].evaluation.key == sft.results[1].evaluation.key
+
+
+def test_a_contrast_is_the_hand_computed_combination_and_refuses_unpaired_terms():
+    # SimpleMix minus the mean of two others; one seed, three prompts, win rates 100/0/50 per prompt
+    mix, on, off = reps([2, 2, 1], label="mix"), reps([1, 1, 2], label="on"), reps([1.5, 2, 1], label="off")
+    c = experiments.contrast([(1, mix), (-0.5, on), (-0.5, off)], n_boot=300).loc["all"]
+    # per prompt: 100 - (0 + 50)/2 = 75, 100 - (0 + 100)/2 = 50, 0 - (100 + 0)/2 = -50; mean 25
+    assert c["delta"] == pytest.approx(25) and c["lo"] <= 25 <= c["hi"]
+    assert experiments.contrast([(1, mix), (-1, on)], n_boot=300).equals(experiments.difference(mix, on, n_boot=300))
+    with pytest.raises(ValueError, match="same seeds"):
+        experiments.contrast([(1, mix), (-1, reps([1, 1, 1], [1, 1, 1], label="two seeds"))])
+
+
+def test_an_unpaired_difference_is_the_difference_of_means_with_a_bootstrap_that_matches_by_hand():
+    rng = np.random.default_rng(1)
+    a, b = [rng.normal(1.0, 1, 400), rng.normal(1.2, 1, 300)], [rng.normal(0, 1, 500), rng.normal(0.1, 1, 200)]
+    d = experiments.unpaired_difference(a, b, n_boot=2000, seed=0)
+    assert d["delta"] == pytest.approx((a[0].mean() + a[1].mean()) / 2 - (b[0].mean() + b[1].mean()) / 2)
+    assert d["lo"] < d["delta"] < d["hi"] and d["n_seeds"] == 2
+    # constant values: no prompt variation, and seeds that agree: the interval is the difference itself
+    flat = experiments.unpaired_difference([np.full(5, 2.0)] * 3, [np.full(7, 0.5)] * 3, n_boot=200)
+    assert flat["lo"] == pytest.approx(1.5) and flat["hi"] == pytest.approx(1.5)
+    # one seed: the half-width is the textbook two-sample one, about 1.96 x sqrt(var_a/n_a + var_b/n_b)
+    one = experiments.unpaired_difference([a[0]], [b[0]], n_boot=4000, seed=3)
+    se = np.sqrt(a[0].var() / len(a[0]) + b[0].var() / len(b[0]))
+    assert one["half_width"] == pytest.approx(1.96 * se, rel=0.1)
+    with pytest.raises(ValueError, match="same seeds"):
+        experiments.unpaired_difference(a, b[:1])
