@@ -2,7 +2,7 @@
 
 The repository root is the book's source. Rendering happens from a staged copy in the run
 directory in which the notebooks are the executed ones, so the source tree never holds outputs.
-Owns the papermill batch and the book build; imports config.
+Owns the papermill batch, its execution records and the book build; imports config and store.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from simplemix import resources
+from simplemix.store import STAGE_LOG_ENV
 
 REPO = resources.root()  # a checkout, or the tree a wheel bundles
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
@@ -101,6 +102,9 @@ def run_notebooks(profile: str, only: list[str] | None = None, runs_dir: str | P
         env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # figures must render inline
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        stage_log = log_dir / f"{nb.stem}.stages.jsonl"  # the stages the chapter requested, cell by cell
+        stage_log.unlink(missing_ok=True)
+        env[STAGE_LOG_ENV] = str(stage_log)
         if workers > 1 and "OMP_NUM_THREADS" not in env:
             # notebooks running side by side share the cores: torch's default (all of them each) oversubscribes
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
@@ -241,9 +245,51 @@ def _run_wave(wave, workers, execute, bar, done, done_file, failures, out_dir, l
                 failures.append(f"{nb.name}: {_failed_cell(out_dir / nb.name)} (log: {log_dir / (nb.stem + '.log')})")
                 tqdm.write(f"FAILED  {nb.name}  {seconds:.1f} s")
             done_file.write_text(json.dumps(done, indent=1, sort_keys=True))
+            record_execution(out_dir, nb, rc, seconds)
             durations = out_dir / ".durations.json"
             known = json.loads(durations.read_text()) if durations.exists() else {}
             durations.write_text(json.dumps(known | {nb.name: round(seconds, 1)}, indent=1, sort_keys=True))
+
+
+EXECUTIONS = ".executions.json"
+
+
+def execution_record(executed: Path, rc: int, seconds: float) -> dict:
+    """What the reproducibility chapter shows of one executed chapter: whether it completed, its wall time, the
+    code cells it ran, how many ``assert`` statements its source holds (a failing one fails the chapter), the
+    failing cell if any."""
+    import ast
+    import json
+
+    try:
+        cells = json.loads(executed.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        cells = []
+    code = [c for c in cells if c.get("cell_type") == "code"]
+    asserts = 0
+    for c in code:
+        source = "".join(c.get("source", ""))
+        try:
+            asserts += sum(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(source)))
+        except SyntaxError:  # an IPython magic: not Python, holds no assert
+            pass
+    return {"status": "ok" if rc == 0 else "failed", "seconds": round(seconds, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_cells": len(code),
+            "cells_run": sum(c.get("execution_count") is not None for c in code), "asserts": asserts,
+            "error": None if rc == 0 else _failed_cell(executed)}
+
+
+def record_execution(out_dir: Path, nb: Path, rc: int, seconds: float) -> None:
+    """Merge one chapter's :func:`execution_record` into ``<out_dir>/.executions.json`` (written whole, atomically)."""
+    import json
+    import os
+
+    path = out_dir / EXECUTIONS
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[nb.name] = execution_record(out_dir / nb.name, rc, seconds)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    tmp.replace(path)
 
 
 class _Batch:
@@ -324,6 +370,8 @@ def build_book(run_dir: str | Path = "runs/smoke") -> int:
         elif src.is_file():
             shutil.copy2(src, stage / name)
     shutil.copytree(executed, stage / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for nb in (stage / "notebooks").glob("*.ipynb"):
+        _collapse_injected_parameters(nb)
     jupyter_book = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()"]
     cmd = [*jupyter_book, "build", str(stage), "--path-output", str(run_dir), "-W", "-n", "--keep-going"]
     rc = subprocess.call(cmd)
@@ -336,6 +384,21 @@ def build_book(run_dir: str | Path = "runs/smoke") -> int:
         print(f"simplemix book: jupyter-book exited {rc} (warnings are errors); {where}"
               + (f"; chapters with an error cell: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return rc
+
+
+def _collapse_injected_parameters(nb: Path) -> None:
+    """The cell papermill adds (the run's parameters) collapsed on the page like the chapter's own parameters."""
+    import json
+
+    data = json.loads(nb.read_text(encoding="utf-8"))
+    changed = False
+    for cell in data.get("cells", []):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+            changed = True
+    if changed:
+        nb.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def record(run_dir: str | Path, chapter: str, values: dict) -> Path:

@@ -168,6 +168,26 @@ def test_the_summary_chapters_run_last_one_at_a_time_in_book_order(tmp_path):
     assert span["91_status"][0] >= span["90_results"][1]
 
 
+def test_the_runner_records_each_chapters_execution_and_the_stages_each_cell_requested(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    store = str(tmp_path / "store")
+    _notebook(src / "00_stages.ipynb", "from simplemix.store import RunStore\nx = 1\nassert x == 1",
+              f"e = RunStore({store!r}).run('demo', lambda out: (out / 'f.txt').write_text('1') and None, {{'a': 1}})\n"
+              "assert e.stage == 'demo'; assert True")
+    _notebook(src / "01_fails.ipynb", "assert 1 == 2, 'the check'")
+    assert runner.run_notebooks("smoke", runs_dir=tmp_path / "runs", source=src) == 1
+    run = tmp_path / "runs" / "smoke"
+    record = json.loads((run / "notebooks" / runner.EXECUTIONS).read_text())
+    assert record["00_stages.ipynb"] | {"seconds": 0, "finished": ""} == {
+        "status": "ok", "seconds": 0, "finished": "", "code_cells": 4, "cells_run": 4, "asserts": 3, "error": None}
+    assert record["01_fails.ipynb"]["status"] == "failed" and "AssertionError: the check" in record["01_fails.ipynb"]["error"]
+    logged = [json.loads(line) for line in (run / "logs" / "00_stages.stages.jsonl").read_text().splitlines()]
+    executed = json.loads((run / "notebooks" / "00_stages.ipynb").read_text())
+    asking = next(c for c in executed["cells"] if "RunStore(" in "".join(c["source"]) and ".run(" in "".join(c["source"]))
+    assert logged == [{"stage": "demo", "key": logged[0]["key"], "hit": False, "cell": asking["execution_count"]}]
+
+
 def test_a_failed_book_build_says_where_the_html_is_and_which_chapters_failed(tmp_path, monkeypatch, capsys):
     executed = tmp_path / "run" / "notebooks"
     executed.mkdir(parents=True)
