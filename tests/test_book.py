@@ -79,6 +79,8 @@ def test_a_secret_in_the_environment_is_written_nowhere(smoke_book):
 HARNESS = """<!doctype html><html><body><pre id="result">pending</pre>
 <iframe id="page" src="{url}" width="1200" height="900"></iframe>
 <script>
+// a warning or log line, a traceback, a tqdm bar ("40%|####  | 4/10 [00:01<00:02, 3.1it/s]")
+const NOISE = /WARNING|Warning:|Traceback \(most recent call last\)|\d+%\|.*\||\d+(\.\d+)?(it\/s|s\/it)\]/;
 const frame = document.getElementById("page");
 frame.addEventListener("load", () => {{
   const doc = frame.contentDocument;
@@ -87,7 +89,18 @@ frame.addEventListener("load", () => {{
   Promise.all(settled).then(() => {{
     const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
     const errors = doc.querySelectorAll(".output.traceback, .output.error, .output_error").length;
-    document.getElementById("result").textContent = JSON.stringify({{images: images.length, broken, errors}});
+    // what a reader sees, and every output area's text, collapsed or not
+    const outputs = Array.from(doc.querySelectorAll(".cell_output")).map(o => o.textContent);
+    const lines = [doc.body.innerText, ...outputs].join("\\n").split("\\n");
+    const noise = [...new Set(lines.filter(l => NOISE.test(l)).map(l => l.trim().slice(0, 160)))];
+    // code a reader sees above the page's first figure (collapsed inputs have no height)
+    const first = doc.querySelector("article img, main img, img");
+    const top = first ? first.getBoundingClientRect().top : Infinity;
+    const code_above = Array.from(doc.querySelectorAll(".cell_input"))
+      .filter(c => {{ const r = c.getBoundingClientRect();
+                      return !c.closest("details:not([open])") && r.height > 0 && r.top < top; }}).length;
+    document.getElementById("result").textContent =
+      JSON.stringify({{images: images.length, broken, errors, noise, code_above_first_figure: code_above}});
   }});
 }});
 </script></body></html>"""
@@ -111,19 +124,54 @@ def chromium_check(page: Path, tmp_path: Path) -> dict:
     return json.loads(found.group(1).replace("&quot;", '"'))
 
 
-def test_rendered_pages_load_every_image_in_headless_chromium(smoke_book, tmp_path):
+def screenshot(page: Path, png: Path, height: int = 2400) -> Path:
+    """A full-width headless-Chromium screenshot of the top of ``page``."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size=1280,{height}", "--virtual-time-budget=10000", f"--screenshot={png}",
+                    page.resolve().as_uri()], capture_output=True, text=True, timeout=120, check=True)
+    assert png.stat().st_size > 10_000, f"empty screenshot of {page}"
+    return png
+
+
+def test_rendered_pages_are_clean_and_load_every_image_in_headless_chromium(smoke_book, tmp_path):
     pages = _pages(smoke_book)
     for name in (p.stem for p in runner.notebooks()):
         report = chromium_check(pages[name], tmp_path)
         assert report["broken"] == [] and report["errors"] == 0, (name, report)
+        assert report["noise"] == [], (name, report["noise"])  # no warning, log line, traceback or tqdm bar
         assert report["images"] > 0 or name.startswith("9"), (name, report)
-    # the check can fail: a page with a missing image and an error output is reported as such
+    # the check can fail: a page with a missing image, an error output, a warning and a bar is reported as such
     bad = pages["01_category_analysis"].parent / "zz_broken_copy.html"
     text = pages["01_category_analysis"].read_text(encoding="utf-8")
     text = re.sub(r'(<img[^>]+src=")[^"]+', r"\1missing-figure.png", text, count=1)
-    bad.write_text(text.replace("</article>", '<div class="output traceback">Traceback</div></article>', 1))
+    injected = ('<div class="cell_output"><pre>[2026-12-03 12:41:27,101] [WARNING] [real_accelerator.py:213] '
+                'Setting accelerator to CPU.\nComputing reference log probs:  44%|####4     | 7/16 '
+                '[00:00&lt;00:00, 11.95it/s]</pre></div><div class="output traceback">Traceback</div>')
+    bad.write_text(text.replace("</article>", injected + "</article>", 1))
     try:
         report = chromium_check(bad, tmp_path)
     finally:
         bad.unlink()
     assert report["broken"] == ["missing-figure.png"] and report["errors"] == 1
+    assert len(report["noise"]) == 2 and "Setting accelerator" in report["noise"][0], report["noise"]
+
+
+def test_chapters_02_and_03_show_no_code_above_their_first_figure(smoke_book, tmp_path):
+    pages = _pages(smoke_book)
+    for name in ("02_on_vs_off_policy", "03_simplemix_and_baselines"):
+        png = screenshot(pages[name], smoke_book / "screenshots" / f"{name}.png")  # kept in the run folder
+        report = chromium_check(pages[name], tmp_path)
+        assert report["images"] > 0 and report["code_above_first_figure"] == 0, (name, report, png)
+    # the negative control: the same page with its inputs expanded shows code above the figure
+    page = pages["02_on_vs_off_policy"]
+    shown = page.parent / "zz_inputs_shown.html"
+    shown.write_text(re.sub(r'(<details class="[^"]*above-input")', r"\1 open", page.read_text(encoding="utf-8")))
+    try:
+        assert chromium_check(shown, tmp_path)["code_above_first_figure"] > 0
+    finally:
+        shown.unlink()
