@@ -1,16 +1,20 @@
-"""Prompt categories of AlpacaEval 2.0 (paper, Appendix B and Figure 7): the 16 WildChat categories, and three
-classifiers that share one interface, ``classify(instructions) -> list[str]`` plus a ``name``.
+"""Prompt categories of AlpacaEval 2.0 (paper, Appendix B and Figure 7): the 16 WildChat categories, the read labels
+and three classifiers, all with one interface, ``classify(instructions) -> list[str]`` plus a ``name``.
 
 - :class:`ApiClassifier`: an OpenAI-compatible chat-completions endpoint (the paper used gpt-4o-mini).
 - :class:`LocalModelClassifier`: the same prompt through a :mod:`simplemix.sampling` backend, greedy.
-- :class:`KeywordClassifier`: runs offline on a CPU with nothing downloaded; it made the shipped labels.
+- :class:`KeywordClassifier`: runs offline on a CPU with nothing downloaded.
+- :class:`ReadLabels` (``read-v1``): the labels a reader gave each of the 805 AlpacaEval prompts under written
+  conventions (``data/categories/labelling_conventions.md``), looked up by the prompt's hash; the keyword rules
+  label any other prompt. It made the shipped labels.
 
-Why keywords for the offline one: every pretrained alternative (sentence embeddings with nearest neighbours, an
+Why keywords for the offline fallback: every pretrained alternative (sentence embeddings with nearest neighbours, an
 NLI zero-shot model, a small instruct LM) needs weights fetched from the hub, and a supervised model would need
 training labels beyond our 120-prompt check set. A few hundred weighted patterns with a fixed tie-break order are
 deterministic, label all 805 prompts in a fraction of a second, and every label can be explained
-(:meth:`KeywordClassifier.scores`). The rules were tuned only on prompts outside the hand-labelled check set; their
-agreement with it is asserted in ``tests/test_categories.py`` and reported in ``data/categories/README.md``.
+(``KeywordClassifier().scores(text)``). The rules were tuned only on prompts outside the hand-labelled check set. How far the
+read labels and the keyword rules agree with that check set is asserted in ``tests/test_categories.py`` and
+reported by category in ``data/categories/README.md`` and chapter 01.
 
 The paper does not publish its classification prompt; :data:`CLASSIFICATION_PROMPT` is our own wording around the
 authors' category list and catch-all string.
@@ -38,6 +42,7 @@ CATEGORY_DIR = resources.path("data", "categories")
 CATEGORIES_JSON = CATEGORY_DIR / "wildchat_16_categories.json"
 LABELS_CSV = CATEGORY_DIR / "alpaca_eval_categories.csv"
 HAND_LABELS = CATEGORY_DIR / "hand_labels.jsonl"
+READ_LABELS = CATEGORY_DIR / "read_labels.jsonl"
 
 _BUNDLED = json.loads(CATEGORIES_JSON.read_text())
 CATEGORIES: list[str] = list(_BUNDLED["categories"])
@@ -59,7 +64,7 @@ User prompt:
 {instruction}
 >>>"""
 
-SHIPPED_DATE = "2026-11-23"
+SHIPPED_DATE = "2026-12-04"
 
 
 def classification_prompt(instruction: str) -> str:
@@ -410,7 +415,7 @@ class ApiClassifier:
 
 
 class LocalModelClassifier:
-    """The same prompt through a :class:`simplemix.sampling.Backend` (greedy), answers parsed by parse_category."""
+    """The same prompt through a ``simplemix.sampling`` backend (greedy), answers parsed by parse_category."""
 
     def __init__(self, backend, model_name: str = "", max_new_tokens: int = 24):
         self.backend, self.max_new_tokens = backend, max_new_tokens
@@ -448,6 +453,43 @@ def load_alpaca_instructions() -> list[str]:
     return list(alpaca_eval_set()["instruction"])
 
 
+class ReadLabels:
+    """Labels made by reading: each of the 805 AlpacaEval prompts read in full and labelled under written
+    conventions (``read_labels.jsonl``, joined on the prompt's hash). A prompt without a read label, e.g. a
+    training prompt, gets the keyword rules' label; ``fell_back`` counts those of the last call."""
+
+    version = "v1"
+    name = f"read-{version}"
+
+    def __init__(self, path: str | Path = READ_LABELS, fallback=None):
+        self.path = Path(path)
+        self.labels = {row["instruction_sha"]: row["category"] for row in load_read_labels(self.path)}
+        self.fallback = fallback or KeywordClassifier()
+        self.fell_back = 0
+
+    def classify(self, instructions: list[str], progress: bool = False) -> list[str]:
+        shas = [instruction_sha(x) for x in instructions]
+        unread = [i for i, sha in enumerate(shas) if sha not in self.labels]
+        guessed = dict(zip(unread, self.fallback.classify([instructions[i] for i in unread])))
+        self.fell_back = len(unread)
+        return [guessed[i] if i in guessed else self.labels[sha] for i, sha in enumerate(shas)]
+
+
+def load_read_labels(path: str | Path = READ_LABELS) -> list[dict]:
+    """The read labels: index, instruction_sha, category, optional note; a bad row names file, line and field."""
+    path, rows = Path(path), []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            row = json.loads(line)
+            for field in ("index", "instruction_sha", "category"):
+                if field not in row:
+                    raise ValueError(f"{path}, line {n}: no {field!r} field")
+            if row["category"] not in CATEGORIES and row["category"] != OTHER:
+                raise ValueError(f"{path}, line {n}, field 'category': {row['category']!r} is not a category")
+            rows.append(row)
+    return rows
+
+
 def labels_csv(classifier, instructions: list[str], date: str) -> str:
     """The labels file's text: index, instruction_sha, category, classifier, date."""
     buf = io.StringIO()
@@ -459,8 +501,8 @@ def labels_csv(classifier, instructions: list[str], date: str) -> str:
 
 
 def write_labels(path: str | Path = LABELS_CSV, classifier=None, date: str | None = None) -> Path:
-    """(Re)generate the labels of the 805 prompts; the offline classifier and today's date unless given."""
-    classifier = classifier or KeywordClassifier()
+    """(Re)generate the labels of the 805 prompts; the read labels and today's date unless given."""
+    classifier = classifier or ReadLabels()
     date = date or datetime.date.today().isoformat()
     path = Path(path)
     path.write_text(labels_csv(classifier, load_alpaca_instructions(), date))
@@ -507,3 +549,26 @@ def distribution(categories: list[str]) -> list[tuple[str, int, float]]:
     for c in categories:
         counts[c if c in counts else OTHER] += 1
     return sorted(((c, n, 100 * n / len(categories)) for c, n in counts.items()), key=lambda t: (-t[1], t[0]))
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% by default): honest at small n and at 0 or n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    # at k = 0 or k = n the bound is exactly 0 or 1; floating point would land a hair inside it
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
+
+
+def by_category(predicted: list[str], gold: list[str]) -> list[dict]:
+    """Agreement per gold category (every category with a gold label): prompts, agreed, recall with its Wilson
+    interval, and how often the category was predicted; sorted by prompts, most first."""
+    pairs = list(zip(predicted, gold, strict=True))
+    rows = []
+    for cat in sorted(set(gold), key=lambda c: (-gold.count(c), c)):
+        n, k = gold.count(cat), sum(p == g == cat for p, g in pairs)
+        lo, hi = wilson(k, n)
+        rows.append({"category": cat, "prompts": n, "agreed": k, "agreement": k / n, "lo": lo, "hi": hi,
+                     "predicted": predicted.count(cat)})
+    return rows

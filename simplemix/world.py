@@ -169,10 +169,11 @@ class World:
                           "'reward_model' or 'alpaca_eval_gpt4_turbo'")
 
     def prompt_categories(self, messages: list[list[dict]]) -> list[str | None]:
-        """Categories of training prompts (the keyword classifier on the last user turn)."""
-        from simplemix.categories import KeywordClassifier
+        """Categories of training prompts: the last user turn's read label if it is an AlpacaEval instruction,
+        else the keyword rules' label."""
+        from simplemix.categories import ReadLabels
 
-        return KeywordClassifier().classify([_last_user(m) for m in messages])
+        return ReadLabels().classify([_last_user(m) for m in messages])
 
     # ------------------------------------------------------------------------------------ built on the above
     def sft_policy(self, cell: Cell) -> Policy:

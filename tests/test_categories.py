@@ -1,4 +1,4 @@
-"""Prompt categories: answer parsing, the offline classifier and its shipped labels, the hand-labelled check set,
+"""Prompt categories: answer parsing, the read labels and the keyword fallback, the hand-labelled check set,
 and the API and local-model classifiers against stand-ins (a fake OpenAI-compatible server, a fake backend)."""
 
 import csv
@@ -17,7 +17,9 @@ CODING, MATH = "coding", "mathematical reasoning or calculation"
 
 # Measured on the 120 hand labels when keyword-rules-v1 was frozen: 87/120 = 0.725. The floor sits a few points
 # under so that a harmless edit does not fail, while a real regression does.
-AGREEMENT_FLOOR = 0.68
+KEYWORD_FLOOR = 0.68
+# The read labels must agree with careful hand labelling at least 80% of the time (issue 14); measured: 108/120 = 0.90
+READ_FLOOR = 0.80
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +61,60 @@ def test_bundled_categories_and_prompt():
     assert all(c in prompt for c in C.CATEGORIES) and C.CATCH_ALL in prompt and "What is 2 + 2?" in prompt
 
 
-def test_offline_classifier_is_deterministic_and_matches_shipped_csv(instructions):
-    """The shipped labels are exactly what the code produces now, so the file cannot drift from the code."""
+def test_the_shipped_csv_is_the_read_labels_of_every_prompt(instructions):
+    """The shipped labels are exactly what the code produces now, so the file cannot drift from the reading."""
+    read = C.ReadLabels()
+    assert C.labels_csv(read, instructions, C.SHIPPED_DATE) == C.LABELS_CSV.read_text()
+    assert read.fell_back == 0  # every one of the 805 was read, none guessed
+    rows = list(csv.DictReader(C.LABELS_CSV.open()))
+    assert len(rows) == 805 and {r["classifier"] for r in rows} == {"read-v1"}
+    assert {r["date"] for r in rows} == {C.SHIPPED_DATE}
+
+
+def test_read_labels_are_one_per_prompt_joined_to_its_text(instructions):
+    rows = C.load_read_labels()
+    assert [r["index"] for r in rows] == list(range(805))
+    assert [r["instruction_sha"] for r in rows] == [C.instruction_sha(x) for x in instructions]
+    assert {r["category"] for r in rows} <= set(C.CATEGORIES) | {C.OTHER}
+    assert all(set(r) <= {"index", "instruction_sha", "category", "note", "slice"} for r in rows)
+
+
+def test_the_read_labels_are_the_merge_of_the_readers_slices_and_the_recheck():
+    """read_labels.jsonl is exactly what the slices the readers wrote give, so neither can drift from the other."""
+    import runpy
+
+    merge = runpy.run_path(str(C.CATEGORY_DIR / "reading" / "merge.py"), run_name="not_main")
+    assert merge["merged"]() == C.load_read_labels()
+
+
+def test_a_prompt_that_was_not_read_gets_the_keyword_rules_label():
+    read, keyword = C.ReadLabels(), C.KeywordClassifier()
+    known = C.load_alpaca_instructions()[3]
+    unread = ["Implement a binary search algorithm in Python.", "Give me a recipe for banana bread."]
+    assert read.classify([known, *unread]) == [C.load_read_labels()[3]["category"], *keyword.classify(unread)]
+    assert read.fell_back == 2
+
+
+def test_a_bad_read_label_names_file_line_and_field(tmp_path):
+    path = tmp_path / "read_labels.jsonl"
+    path.write_text('{"index": 0, "instruction_sha": "ab", "category": "coding"}\n'
+                    '{"index": 1, "instruction_sha": "cd", "category": "cooking"}\n')
+    with pytest.raises(ValueError, match=r"read_labels.jsonl, line 2, field 'category': 'cooking'"):
+        C.ReadLabels(path)
+    path.write_text('{"index": 0, "category": "coding"}\n')
+    with pytest.raises(ValueError, match=r"line 1: no 'instruction_sha' field"):
+        C.load_read_labels(path)
+
+
+def test_keyword_classifier_is_deterministic(instructions):
     first = C.KeywordClassifier().classify(instructions)
     assert first == C.KeywordClassifier().classify(instructions)
     assert set(first) <= set(C.CATEGORIES)
-    assert C.labels_csv(C.KeywordClassifier(), instructions, C.SHIPPED_DATE) == C.LABELS_CSV.read_text()
-    rows = list(csv.DictReader(C.LABELS_CSV.open()))
-    assert len(rows) == 805 and {r["classifier"] for r in rows} == {"keyword-rules-v1"}
-    assert {r["date"] for r in rows} == {"2026-11-23"}
 
 
 def test_labels_join_on_text_not_position(instructions):
     shuffled = random.Random(0).sample(instructions, 50)
-    expected = dict(zip(instructions, C.KeywordClassifier().classify(instructions)))
+    expected = dict(zip(instructions, C.ReadLabels().classify(instructions)))
     assert C.categories_of(shuffled) == [expected[x] for x in shuffled]
     assert len(C.load_labels()) == 805  # every instruction has its own hash
     with pytest.raises(KeyError, match="no category label"):
@@ -88,12 +130,32 @@ def test_hand_labels_are_a_seeded_sample_of_real_prompts(instructions):
         assert h["category"] in C.CATEGORIES or h["category"].startswith("other")
 
 
-def test_offline_agreement_with_hand_labels():
+@pytest.mark.parametrize("classifier, floor", [(C.KeywordClassifier, KEYWORD_FLOOR), (C.ReadLabels, READ_FLOOR)])
+def test_agreement_with_hand_labels(classifier, floor):
     hand = C.load_hand_labels()
-    predicted = C.KeywordClassifier().classify([h["instruction"] for h in hand])
+    predicted = classifier().classify([h["instruction"] for h in hand])
     result = C.agreement(predicted, [h["category"] for h in hand])
     assert result["n"] == len(hand)
-    assert result["accuracy"] >= AGREEMENT_FLOOR, result
+    assert result["accuracy"] >= floor, result
+
+
+def test_wilson_interval_against_published_values():
+    # 8/10 and 0/10 at 95%: (0.4902, 0.9433) and (0, 0.2775), the values in Newcombe (1998), Table I
+    assert C.wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert C.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert C.wilson(7, 7)[1] == 1.0 and C.wilson(0, 7)[0] == 0.0  # exact, so k/n - lo and hi - k/n are >= 0
+    lo, hi = C.wilson(55, 63)
+    assert lo < 55 / 63 < hi
+
+
+def test_agreement_by_category_counts_each_gold_class():
+    gold = ["coding", "coding", "coding", "roleplay", "linguistics"]
+    pred = ["coding", "coding", "linguistics", "roleplay", "coding"]
+    rows = {r["category"]: r for r in C.by_category(pred, gold)}
+    assert list(rows) == ["coding", "linguistics", "roleplay"]
+    assert (rows["coding"]["prompts"], rows["coding"]["agreed"], rows["coding"]["predicted"]) == (3, 2, 3)
+    assert (rows["linguistics"]["agreed"], rows["linguistics"]["predicted"]) == (0, 1)
+    assert rows["roleplay"]["agreement"] == 1.0 and (rows["roleplay"]["lo"], rows["roleplay"]["hi"]) == C.wilson(1, 1)
 
 
 def test_scores_explain_the_label():

@@ -276,7 +276,7 @@ def offline(monkeypatch):
 
 
 def test_a_hub_world_serves_local_models_and_datasets_cell_by_cell(hub, offline):
-    from simplemix.categories import KeywordClassifier
+    from simplemix.categories import ReadLabels
 
     world = resolve(load_profile(hub["profile"]), hub["run"])
     assert isinstance(world, HubWorld)
@@ -288,7 +288,7 @@ def test_a_hub_world_serves_local_models_and_datasets_cell_by_cell(hub, offline)
     assert hs2.messages[2][-1] == {"role": "user", "content": "Write a poem about Paris."}  # a multi-turn prompt
     assert not set(uf.ids) & set(hs2.ids)
     for prompts in (uf, hs2):
-        assert prompts.categories == KeywordClassifier().classify([m[-1]["content"] for m in prompts.messages])
+        assert prompts.categories == ReadLabels().classify([m[-1]["content"] for m in prompts.messages])
     assert len(set(uf.categories + hs2.categories)) >= 4
     # the policy: the local directory as it is, keyed by its model config and its files (a rebuild is another model)
     policy = world.sft_policy(cells[0])
