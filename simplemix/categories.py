@@ -470,22 +470,31 @@ class ReadLabels:
     def classify(self, instructions: list[str], progress: bool = False) -> list[str]:
         shas = [instruction_sha(x) for x in instructions]
         unread = [i for i, sha in enumerate(shas) if sha not in self.labels]
-        guessed = dict(zip(unread, self.fallback.classify([instructions[i] for i in unread])))
+        guesses = self.fallback.classify([instructions[i] for i in unread], progress=progress) if unread else []
+        guessed = dict(zip(unread, guesses, strict=True))
         self.fell_back = len(unread)
         return [guessed[i] if i in guessed else self.labels[sha] for i, sha in enumerate(shas)]
 
 
 def load_read_labels(path: str | Path = READ_LABELS) -> list[dict]:
-    """The read labels: index, instruction_sha, category, optional note; a bad row names file, line and field."""
-    path, rows = Path(path), []
+    """The read labels: index, instruction_sha, category, optional note and reread; a bad row names file, line and
+    field, and a prompt labelled twice is an error, not a silent overwrite."""
+    path, rows, seen = Path(path), [], {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not a JSON object ({e.msg})") from None
             for field in ("index", "instruction_sha", "category"):
-                if field not in row:
+                if not isinstance(row, dict) or field not in row:
                     raise ValueError(f"{path}, line {n}: no {field!r} field")
             if row["category"] not in CATEGORIES and row["category"] != OTHER:
                 raise ValueError(f"{path}, line {n}, field 'category': {row['category']!r} is not a category")
+            if row["instruction_sha"] in seen:
+                raise ValueError(f"{path}, line {n}, field 'instruction_sha': the prompt of line "
+                                 f"{seen[row['instruction_sha']]} again")
+            seen[row["instruction_sha"]] = n
             rows.append(row)
     return rows
 
@@ -553,6 +562,8 @@ def distribution(categories: list[str]) -> list[tuple[str, int, float]]:
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval of a proportion k/n (95% by default): honest at small n and at 0 or n."""
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson: k={k} successes of n={n} trials")
     if n == 0:
         return float("nan"), float("nan")
     p, z2 = k / n, z * z

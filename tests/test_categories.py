@@ -18,8 +18,9 @@ CODING, MATH = "coding", "mathematical reasoning or calculation"
 # Measured on the 120 hand labels when keyword-rules-v1 was frozen: 87/120 = 0.725. The floor sits a few points
 # under so that a harmless edit does not fail, while a real regression does.
 KEYWORD_FLOOR = 0.68
-# The read labels must agree with careful hand labelling at least 80% of the time (issue 14); measured: 108/120 = 0.90
-READ_FLOOR = 0.80
+# The read labels must agree with careful hand labelling at least 80% of the time (issue 14; chapter 01 asserts
+# that). Measured: 108/120 = 0.90; this floor sits two prompts under it, so that a label revised for worse fails.
+READ_FLOOR = 0.88
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,9 @@ def test_read_labels_are_one_per_prompt_joined_to_its_text(instructions):
     assert [r["index"] for r in rows] == list(range(805))
     assert [r["instruction_sha"] for r in rows] == [C.instruction_sha(x) for x in instructions]
     assert {r["category"] for r in rows} <= set(C.CATEGORIES) | {C.OTHER}
-    assert all(set(r) <= {"index", "instruction_sha", "category", "note", "slice"} for r in rows)
+    assert all(set(r) <= {"index", "instruction_sha", "category", "note", "reread", "slice"} for r in rows)
+    assert sum("reread" in r for r in rows) == len(C.CATEGORY_DIR.joinpath("reading", "recheck.jsonl").read_text()
+                                                     .splitlines())
 
 
 def test_the_read_labels_are_the_merge_of_the_readers_slices_and_the_recheck():
@@ -94,6 +97,12 @@ def test_a_prompt_that_was_not_read_gets_the_keyword_rules_label():
     assert read.classify([known, *unread]) == [C.load_read_labels()[3]["category"], *keyword.classify(unread)]
     assert read.fell_back == 2
 
+    class Refuses:
+        def classify(self, instructions, progress=False):
+            raise AssertionError("the fallback was asked although every prompt was read")
+
+    assert C.ReadLabels(fallback=Refuses()).classify([known]) == [C.load_read_labels()[3]["category"]]
+
 
 def test_a_bad_read_label_names_file_line_and_field(tmp_path):
     path = tmp_path / "read_labels.jsonl"
@@ -103,6 +112,13 @@ def test_a_bad_read_label_names_file_line_and_field(tmp_path):
         C.ReadLabels(path)
     path.write_text('{"index": 0, "category": "coding"}\n')
     with pytest.raises(ValueError, match=r"line 1: no 'instruction_sha' field"):
+        C.load_read_labels(path)
+    path.write_text('{"index": 0, "instruction_sha": "ab", "category": "coding"}\n{"index": 1,\n')
+    with pytest.raises(ValueError, match=r"read_labels.jsonl, line 2: not a JSON object"):
+        C.load_read_labels(path)
+    path.write_text('{"index": 0, "instruction_sha": "ab", "category": "coding"}\n'
+                    '{"index": 1, "instruction_sha": "ab", "category": "roleplay"}\n')
+    with pytest.raises(ValueError, match=r"line 2, field 'instruction_sha': the prompt of line 1 again"):
         C.load_read_labels(path)
 
 
@@ -140,12 +156,14 @@ def test_agreement_with_hand_labels(classifier, floor):
 
 
 def test_wilson_interval_against_published_values():
-    # 8/10 and 0/10 at 95%: (0.4902, 0.9433) and (0, 0.2775), the values in Newcombe (1998), Table I
+    # worked by hand from Wilson (1927), z = 1.959964: 8/10 gives (0.4902, 0.9433), 0/10 (0, z^2/(n + z^2) = 0.2775)
     assert C.wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     assert C.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert C.wilson(3, 10) == pytest.approx((0.1078, 0.6032), abs=1e-4)
+    assert C.wilson(7, 7) == pytest.approx((0.6457, 1.0), abs=1e-4)
     assert C.wilson(7, 7)[1] == 1.0 and C.wilson(0, 7)[0] == 0.0  # exact, so k/n - lo and hi - k/n are >= 0
-    lo, hi = C.wilson(55, 63)
-    assert lo < 55 / 63 < hi
+    with pytest.raises(ValueError, match="k=8 successes of n=7"):
+        C.wilson(8, 7)
 
 
 def test_agreement_by_category_counts_each_gold_class():

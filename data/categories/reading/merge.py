@@ -1,8 +1,10 @@
 """Merge the readers' slices into ``../read_labels.jsonl``, the read labels ``simplemix.categories.ReadLabels`` ships.
 
-Each ``labels_K.jsonl`` is one reader's slice (index, category, optional note); ``recheck.jsonl`` lists the labels
-of slices 0, 1 and 4 that decision rules 8-12 changed when those slices were read again against them. The merge
-adds each prompt's ``instruction_sha`` and its slice, and refuses a missing, repeated or unknown index.
+Each ``labels_K.jsonl`` is one reader's slice (index, category, optional note: the reader's second choice on a hard
+call); ``recheck.jsonl`` lists the labels of slices 0, 1 and 4 that decision rules 8-12 changed when those slices
+were read again against them. The merge adds each prompt's ``instruction_sha`` and its slice, keeps the reader's
+note, records a re-read change as ``reread`` ("rule N: reason") and refuses an index that is missing, repeated,
+outside its slice, or a re-read that is not of slices 0, 1 or 4 or changes nothing.
 Run from anywhere: ``python data/categories/reading/merge.py``.
 """
 
@@ -13,30 +15,39 @@ from simplemix.categories import CATEGORIES, OTHER, instruction_sha, load_alpaca
 
 HERE = Path(__file__).parent
 OUT = HERE.parent / "read_labels.jsonl"
+# the slices' index ranges (inclusive), as in README.md
+SLICES = {0: (0, 188), 1: (189, 304), 2: (305, 430), 3: (431, 529), 4: (530, 583), 5: (584, 674), 6: (675, 804)}
+REREAD = {0, 1, 4}  # the slices read before rules 8-12 existed
+
+
+def _lines(path: Path):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        yield n, json.loads(line)
 
 
 def merged() -> list[dict]:
     instructions = load_alpaca_instructions()
     rows = {}
-    for path in sorted(HERE.glob("labels_*.jsonl")):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            row = json.loads(line)
-            if row["index"] in rows or not 0 <= row["index"] < len(instructions):
-                raise ValueError(f"{path.name}, line {n}: index {row['index']} repeated or out of range")
-            rows[row["index"]] = {**row, "slice": int(path.stem.split("_")[1])}
-    for n, line in enumerate((HERE / "recheck.jsonl").read_text(encoding="utf-8").splitlines(), start=1):
-        change = json.loads(line)
-        row = rows[change["index"]]
-        row["category"], row["note"] = change["category"], f"rule {change['rule']} (re-read): {change['note']}"
+    for k, (first, last) in SLICES.items():
+        path = HERE / f"labels_{k}.jsonl"
+        for n, row in _lines(path):
+            if row["index"] in rows or not first <= row["index"] <= last:
+                raise ValueError(f"{path.name}, line {n}: index {row['index']} repeated or outside {first}-{last}")
+            rows[row["index"]] = {**row, "slice": k}
     if sorted(rows) != list(range(len(instructions))):
         raise ValueError(f"the slices cover {len(rows)} of {len(instructions)} prompts")
+    for n, change in _lines(HERE / "recheck.jsonl"):
+        row = rows.get(change["index"])
+        if row is None or row["slice"] not in REREAD or row["category"] == change["category"]:
+            raise ValueError(f"recheck.jsonl, line {n}: index {change['index']} is not a change to slices 0, 1 or 4")
+        row["category"], row["reread"] = change["category"], f"rule {change['rule']}: {change['note']}"
     out = []
     for i in range(len(instructions)):
         row = rows[i]
         if row["category"] not in CATEGORIES and row["category"] != OTHER:
             raise ValueError(f"slice {row['slice']}, index {i}: {row['category']!r} is not a category")
         out.append({"index": i, "instruction_sha": instruction_sha(instructions[i]), "category": row["category"],
-                    **({"note": row["note"]} if row.get("note") else {}), "slice": row["slice"]})
+                    **{key: row[key] for key in ("note", "reread") if row.get(key)}, "slice": row["slice"]})
     return out
 
 
