@@ -52,6 +52,8 @@ OTHER = "other"
 PAPER_CATEGORIES: dict[str, str] = {short: re.sub(r"\s*\(inferred\)$", "", cat)
                                     for short, cat in _BUNDLED["paper_short_names"].items()}
 
+#: The user message that asks a chat model for one category: our wording (the paper does not publish its own)
+#: around the 16 category names and the authors' catch-all.
 CLASSIFICATION_PROMPT = """\
 Classify the user prompt below into exactly one of these categories:
 
