@@ -479,25 +479,22 @@ class ReadLabels:
 
 
 def load_read_labels(path: str | Path = READ_LABELS) -> list[dict]:
-    """The read labels: index, instruction_sha, category, optional note and reread; a bad row names file, line and
-    field, and a prompt labelled twice is an error, not a silent overwrite."""
-    path, rows, seen = Path(path), [], {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {n}: not a JSON object ({e.msg})") from None
-            for field in ("index", "instruction_sha", "category"):
-                if not isinstance(row, dict) or field not in row:
-                    raise ValueError(f"{path}, line {n}: no {field!r} field")
-            if row["category"] not in CATEGORIES and row["category"] != OTHER:
-                raise ValueError(f"{path}, line {n}, field 'category': {row['category']!r} is not a category")
-            if row["instruction_sha"] in seen:
-                raise ValueError(f"{path}, line {n}, field 'instruction_sha': the prompt of line "
-                                 f"{seen[row['instruction_sha']]} again")
-            seen[row["instruction_sha"]] = n
-            rows.append(row)
+    """The read labels: index, instruction_sha, category, optional note and reread. Read by the project's one JSONL
+    reader; a bad row is a ``simplemix.data.DataValidationError`` naming file, row and field, and a prompt
+    labelled twice is an error, not a silent overwrite."""
+    from simplemix.data import DataValidationError, read_jsonl
+
+    rows, seen = read_jsonl(path), {}
+    for i, row in enumerate(rows):
+        for field in ("index", "instruction_sha", "category"):
+            if not isinstance(row, dict) or field not in row:
+                raise DataValidationError(str(path), i, field, "missing_field", "no such field")
+        if row["category"] not in CATEGORIES and row["category"] != OTHER:
+            raise DataValidationError(str(path), i, "category", "unknown_category",
+                                      f"{row['category']!r} is not a category")
+        if seen.setdefault(row["instruction_sha"], i) != i:
+            raise DataValidationError(str(path), i, "instruction_sha", "repeated_prompt",
+                                      f"the prompt of row {seen[row['instruction_sha']]} again")
     return rows
 
 

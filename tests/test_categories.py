@@ -104,21 +104,21 @@ def test_a_prompt_that_was_not_read_gets_the_keyword_rules_label():
     assert C.ReadLabels(fallback=Refuses()).classify([known]) == [C.load_read_labels()[3]["category"]]
 
 
-def test_a_bad_read_label_names_file_line_and_field(tmp_path):
+def test_a_bad_read_label_names_file_row_and_field(tmp_path):
     path = tmp_path / "read_labels.jsonl"
     path.write_text('{"index": 0, "instruction_sha": "ab", "category": "coding"}\n'
                     '{"index": 1, "instruction_sha": "cd", "category": "cooking"}\n')
-    with pytest.raises(ValueError, match=r"read_labels.jsonl, line 2, field 'category': 'cooking'"):
+    with pytest.raises(ValueError, match=r"read_labels.jsonl: row 1: field 'category': 'cooking' is not a category"):
         C.ReadLabels(path)
     path.write_text('{"index": 0, "category": "coding"}\n')
-    with pytest.raises(ValueError, match=r"line 1: no 'instruction_sha' field"):
+    with pytest.raises(ValueError, match=r"row 0: field 'instruction_sha': no such field"):
         C.load_read_labels(path)
     path.write_text('{"index": 0, "instruction_sha": "ab", "category": "coding"}\n{"index": 1,\n')
-    with pytest.raises(ValueError, match=r"read_labels.jsonl, line 2: not a JSON object"):
+    with pytest.raises(ValueError, match=r"read_labels.jsonl: row 1: not a JSON object"):
         C.load_read_labels(path)
     path.write_text('{"index": 0, "instruction_sha": "ab", "category": "coding"}\n'
                     '{"index": 1, "instruction_sha": "ab", "category": "roleplay"}\n')
-    with pytest.raises(ValueError, match=r"line 2, field 'instruction_sha': the prompt of line 1 again"):
+    with pytest.raises(ValueError, match=r"row 1: field 'instruction_sha': the prompt of row 0 again"):
         C.load_read_labels(path)
 
 
@@ -155,7 +155,7 @@ def test_agreement_with_hand_labels(classifier, floor):
     assert result["accuracy"] >= floor, result
 
 
-def test_wilson_interval_against_published_values():
+def test_wilson_interval_against_hand_worked_values():
     # worked by hand from Wilson (1927), z = 1.959964: 8/10 gives (0.4902, 0.9433), 0/10 (0, z^2/(n + z^2) = 0.2775)
     assert C.wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     assert C.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)

@@ -8,10 +8,10 @@ outside its slice, or a re-read that is not of slices 0, 1 or 4 or changes nothi
 Run from anywhere: ``python data/categories/reading/merge.py``.
 """
 
-import json
 from pathlib import Path
 
 from simplemix.categories import CATEGORIES, OTHER, instruction_sha, load_alpaca_instructions
+from simplemix.data import read_jsonl, write_jsonl
 
 HERE = Path(__file__).parent
 OUT = HERE.parent / "read_labels.jsonl"
@@ -20,26 +20,21 @@ SLICES = {0: (0, 188), 1: (189, 304), 2: (305, 430), 3: (431, 529), 4: (530, 583
 REREAD = {0, 1, 4}  # the slices read before rules 8-12 existed
 
 
-def _lines(path: Path):
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        yield n, json.loads(line)
-
-
 def merged() -> list[dict]:
     instructions = load_alpaca_instructions()
     rows = {}
     for k, (first, last) in SLICES.items():
         path = HERE / f"labels_{k}.jsonl"
-        for n, row in _lines(path):
+        for n, row in enumerate(read_jsonl(path)):
             if row["index"] in rows or not first <= row["index"] <= last:
-                raise ValueError(f"{path.name}, line {n}: index {row['index']} repeated or outside {first}-{last}")
+                raise ValueError(f"{path.name}, row {n}: index {row['index']} repeated or outside {first}-{last}")
             rows[row["index"]] = {**row, "slice": k}
     if sorted(rows) != list(range(len(instructions))):
         raise ValueError(f"the slices cover {len(rows)} of {len(instructions)} prompts")
-    for n, change in _lines(HERE / "recheck.jsonl"):
+    for n, change in enumerate(read_jsonl(HERE / "recheck.jsonl")):
         row = rows.get(change["index"])
         if row is None or row["slice"] not in REREAD or row["category"] == change["category"]:
-            raise ValueError(f"recheck.jsonl, line {n}: index {change['index']} is not a change to slices 0, 1 or 4")
+            raise ValueError(f"recheck.jsonl, row {n}: index {change['index']} is not a change to slices 0, 1 or 4")
         row["category"], row["reread"] = change["category"], f"rule {change['rule']}: {change['note']}"
     out = []
     for i in range(len(instructions)):
@@ -52,5 +47,5 @@ def merged() -> list[dict]:
 
 
 if __name__ == "__main__":
-    OUT.write_text("".join(json.dumps(r) + "\n" for r in merged()), encoding="utf-8")
+    write_jsonl(OUT, merged())
     print(f"wrote {OUT}")
